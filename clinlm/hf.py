@@ -1,0 +1,86 @@
+"""Builders that turn params sections into library objects, and model/tokenizer loading.
+
+``base`` in params is a local folder (the base_model stage's output, or any
+``save_pretrained`` folder) or a Hugging Face Hub id; both go through ``from_pretrained``.
+Imports of torch/transformers/peft happen inside functions: this module is imported by
+methods that need them anyway, but keep ``clinlm`` light for the others.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` intra-op threads (default: all cores). Matmuls on 2 cores want 2, not 1."""
+    import torch
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def resolve_dtype(name: str | None):  # -> torch.dtype | None
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``None``/``"auto"`` -> None."""
+    import torch
+    if name in (None, "auto"):
+        return None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch dtype {name!r}")
+    return dtype
+
+
+def build_bnb_config(section: dict[str, Any] | None):
+    """``models.<m>.bnb`` -> ``BitsAndBytesConfig``, or None when neither 4- nor 8-bit is on."""
+    if not section or not (section.get("load_in_4bit") or section.get("load_in_8bit")):
+        return None
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(**section)
+
+
+def build_lora_config(section: dict[str, Any]):
+    """``models.<m>.lora`` -> ``peft.LoraConfig`` (keys are LoraConfig's own field names)."""
+    from peft import LoraConfig
+    return LoraConfig(**section)
+
+
+def build_training_kwargs(training: dict[str, Any], output_dir: str, seed: int) -> dict[str, Any]:
+    """Common TrainingArguments kwargs: params first, then the values the pipeline owns."""
+    kw = dict(training)
+    kw["output_dir"] = output_dir
+    kw["seed"] = seed
+    kw.setdefault("data_seed", seed)
+    if device() == "cpu":
+        kw["use_cpu"] = True
+    return kw
+
+
+def load_tokenizer(base: str, padding_side: str = "left"):
+    """Tokenizer with a pad token (falls back to EOS) and the given padding side."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def model_load_kwargs(bnb: dict[str, Any] | None, torch_dtype: str | None) -> dict[str, Any]:
+    """``from_pretrained`` kwargs for the quantization and dtype settings of a model entry."""
+    kw: dict[str, Any] = {"dtype": resolve_dtype(torch_dtype) or "auto"}
+    qcfg = build_bnb_config(bnb)
+    if qcfg is not None:
+        kw["quantization_config"] = qcfg
+        kw["device_map"] = {"": device() if device() == "cpu" else 0}
+    return kw
+
+
+def load_causal_lm(base: str, bnb: dict[str, Any] | None, torch_dtype: str | None):
+    """A causal LM from a folder or hub id, 4-bit/8-bit when the bnb section asks for it."""
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(bnb, torch_dtype))

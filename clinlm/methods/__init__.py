@@ -1,0 +1,27 @@
+"""Registry of methods: ``params.yaml`` names one per model entry (``method: sft``)."""
+
+from __future__ import annotations
+
+import importlib
+
+from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
+
+# name -> "module:Class"; modules are imported only when the method is used.
+REGISTRY: dict[str, str] = {
+    "sft": "clinlm.methods.sft:SFTMethod",
+    "head": "clinlm.methods.head:HeadMethod",
+    "vlm": "clinlm.methods.vlm:VLMMethod",
+    "cohere": "clinlm.methods.cohere:CohereMethod",
+    "gbdt": "clinlm.methods.gbdt:GBDTMethod",
+}
+
+
+def get_method(name: str) -> Method:
+    """Instantiate the method registered under ``name``."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["CLASSIFICATION", "REGRESSION", "Method", "Run", "REGISTRY", "get_method"]

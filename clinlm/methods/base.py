@@ -1,0 +1,74 @@
+"""The one interface every method (sft, head, vlm, cohere, gbdt) implements.
+
+A method turns a training table into a saved model folder, and a saved model folder plus a
+table into predictions. The train/predict *stages* own file handling and the CSV schema; a
+method only sees DataFrames and a folder. Heavy imports (torch, transformers, cohere) live
+inside the method modules that need them, so importing the registry is cheap.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@dataclass
+class Run:
+    """Everything a method needs to know about one (task, model) pair.
+
+    Attributes:
+        task: task name, e.g. ``"noshow"`` or ``"vascular_age"``.
+        task_type: ``"classification"`` (label ``Yes``/``No``) or ``"regression"`` (float).
+        model: model entry name in ``params.yaml`` (``models.<model>``).
+        cfg: the validated ``models.<model>`` section (plain dict).
+        model_dir: where train saves and predict loads (``data/models/<task>/<model>``).
+        data_dir: the task's processed data folder (``data/processed/<task>``): split
+            parquet files and the format stage's JSONL files live there.
+        seed: the global seed.
+        task_cfg: the ``tasks.<task>`` section (prompts, target range, ...).
+    """
+
+    task: str
+    task_type: str
+    model: str
+    cfg: dict[str, Any]
+    model_dir: Path
+    data_dir: Path
+    seed: int = 42
+    task_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Train on a table, predict on a table.
+
+    Input tables have at least the columns ``id`` (str), ``statement`` (str, the English
+    sentence), ``label`` (``"Yes"``/``"No"`` for classification, float for regression; may
+    be missing at predict time) and numeric/categorical feature columns prefixed ``f_``.
+
+    ``predict`` returns a DataFrame with column ``id`` (same order as the input) and:
+      * classification: ``p_yes`` (float in [0, 1], probability of ``"Yes"``; NaN if the
+        method could not produce one for that row);
+      * regression: ``y_pred`` (the point estimate), ``y_lo``, ``y_hi`` (90 % interval;
+        NaN when the method has none).
+    Optional extra columns: ``raw`` (raw model reply) and ``ok`` (bool, reply parsed).
+    """
+
+    name: str = "base"
+
+    @abstractmethod
+    def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
+        """Fit on ``train_df`` and save everything predict needs under ``run.model_dir``.
+
+        Returns a small JSON-able dict of facts about training (rows used, seconds, ...).
+        """
+
+    @abstractmethod
+    def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
+        """Load from ``run.model_dir`` and predict every row of ``df`` (schema above)."""

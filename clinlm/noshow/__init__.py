@@ -1,0 +1,1 @@
+"""Medical Appointment No Shows task (Kaggle joniarroba/noshowappointments)."""

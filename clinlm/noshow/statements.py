@@ -1,0 +1,128 @@
+"""Appointment rows -> one English statement each, plus the label and numeric features.
+
+Leakage rule: a patient's history (earlier appointments, earlier no-shows) counts only
+appointments whose *day* is strictly before this appointment's day. Outcomes of other
+appointments on the same day are not known yet when this one is predicted, so they never
+count. Patient and appointment ids are kept as ``id``/``group`` columns for bookkeeping
+and splitting, never written into a statement.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+WEEKDAYS = np.array(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"])
+FEATURES = [
+    "f_age", "f_female", "f_scholarship", "f_hipertension", "f_diabetes", "f_alcoholism",
+    "f_handcap", "f_sms_received", "f_wait_days", "f_weekday", "f_scheduled_hour",
+    "f_prior_appointments", "f_prior_noshows", "f_neighbourhood",
+]
+
+
+def history_counts(patient: pd.Series, day: pd.Series, noshow: pd.Series) -> pd.DataFrame:
+    """Per row: the patient's appointments and no-shows on days strictly before this row's day.
+
+    Vectorized: aggregate per (patient, day), take an exclusive cumulative sum per patient,
+    then map back to the rows. Same-day appointments never see each other.
+    """
+    frame = pd.DataFrame({"p": patient.to_numpy(), "d": day.to_numpy(),
+                          "y": noshow.to_numpy().astype(np.int64)})
+    per_day = frame.groupby(["p", "d"], sort=True).agg(n=("y", "size"), y=("y", "sum"))
+    cum = per_day.groupby(level="p").cumsum()
+    before = cum - per_day  # exclusive: everything on earlier days only
+    idx = pd.MultiIndex.from_arrays([frame["p"], frame["d"]])
+    out = before.reindex(idx)
+    return pd.DataFrame({"prior_appointments": out["n"].to_numpy(),
+                         "prior_noshows": out["y"].to_numpy()}, index=patient.index)
+
+
+def _plural(n: pd.Series, one: str, many: str) -> pd.Series:
+    return np.where(n == 1, one, many)
+
+
+def build_statements(raw: pd.DataFrame, history: bool = True) -> pd.DataFrame:
+    """Turn a validated Kaggle-schema table into ``id, group, statement, label, f_*`` columns.
+
+    ``history=False`` leaves the patient-history sentence and features out (an ablation).
+    """
+    sched = pd.to_datetime(raw["ScheduledDay"], utc=True)
+    appt = pd.to_datetime(raw["AppointmentDay"], utc=True)
+    appt_day = appt.dt.normalize()
+    wait = ((appt_day - sched.dt.normalize()).dt.days).clip(lower=0).astype(np.int64)
+    noshow = raw["No-show"].eq("Yes")
+    hist = history_counts(raw["PatientId"].astype(str), appt_day, noshow)
+
+    age = raw["Age"].astype(np.int64)
+    female = raw["Gender"].eq("F")
+    weekday = appt.dt.weekday.to_numpy()
+    hour = sched.dt.hour.to_numpy()
+    flags = {c: raw[c].astype(np.int64) for c in
+             ["Scholarship", "Hipertension", "Diabetes", "Alcoholism", "Handcap", "SMS_received"]}
+    neighbourhood = raw["Neighbourhood"].astype(str).str.title()
+
+    adult = age >= 18
+    who = pd.Series(np.where(adult, np.where(female, "woman", "man"), np.where(female, "girl", "boy")),
+                    index=raw.index)
+    pronoun = pd.Series(np.where(female, "She", "He"), index=raw.index)
+    article = np.where((age == 8) | (age == 11) | (age == 18) | ((age >= 80) & (age < 90)), "An ", "A ")
+    age_txt = np.where(age == 0, "A baby (under 1 year) ", article + age.astype(str) + "-year-old ")
+    age_txt = pd.Series(age_txt, index=raw.index) + np.where(age == 0, "", who)
+    when = np.where(wait == 0, "booked the same day",
+                    "booked " + wait.astype(str) + " " + _plural(wait, "day", "days") + " ahead")
+
+    conditions = []
+    for col, name in [("Hipertension", "hypertension"), ("Diabetes", "diabetes"),
+                      ("Alcoholism", "alcoholism")]:
+        conditions.append(np.where(flags[col] == 1, name, ""))
+    cond = _join_nonempty(conditions)
+    cond_txt = np.where(cond == "", "no hypertension, diabetes or alcoholism", cond)
+    handicap = np.where(flags["Handcap"] > 0,
+                        "; disability level " + flags["Handcap"].astype(str), "")
+    scholarship = np.where(flags["Scholarship"] == 1, "receives", "does not receive")
+    sms = np.where(flags["SMS_received"] == 1, "An SMS reminder was sent.", "No SMS reminder was sent.")
+    n_prior, n_missed = hist["prior_appointments"], hist["prior_noshows"]
+    history_txt = np.where(
+        n_prior == 0, "No earlier appointments on record.",
+        "Earlier appointments on record: " + n_prior.astype(str) + ", of which "
+        + n_missed.astype(str) + " missed.")
+
+    if not history:
+        history_txt = np.full(len(raw), "", dtype=object)
+    statement = (
+        age_txt + " from " + neighbourhood + ", appointment on a " + WEEKDAYS[weekday] + ", "
+        + when + " (scheduled at " + pd.Series(hour, index=raw.index).astype(str) + "h). "
+        + "Conditions: " + cond_txt + handicap + ". " + pronoun + " " + scholarship
+        + " Bolsa Familia welfare. " + sms + " " + history_txt
+    ).str.strip()
+    out = pd.DataFrame({
+        "id": raw["AppointmentID"].astype(str).to_numpy(),
+        "group": raw["PatientId"].astype(str).to_numpy(),
+        "statement": statement.to_numpy(),
+        "label": np.where(noshow, "Yes", "No"),
+        "f_age": age.to_numpy(), "f_female": female.astype(np.int64).to_numpy(),
+        "f_scholarship": flags["Scholarship"].to_numpy(),
+        "f_hipertension": flags["Hipertension"].to_numpy(),
+        "f_diabetes": flags["Diabetes"].to_numpy(), "f_alcoholism": flags["Alcoholism"].to_numpy(),
+        "f_handcap": flags["Handcap"].to_numpy(), "f_sms_received": flags["SMS_received"].to_numpy(),
+        "f_wait_days": wait.to_numpy(), "f_weekday": weekday, "f_scheduled_hour": hour,
+        "f_prior_appointments": n_prior.to_numpy(), "f_prior_noshows": n_missed.to_numpy(),
+        "f_neighbourhood": pd.Categorical(raw["Neighbourhood"].astype(str).to_numpy()),
+    })
+    if not history:
+        out = out.drop(columns=["f_prior_appointments", "f_prior_noshows"])
+    return out
+
+
+def _join_nonempty(parts: list[np.ndarray]) -> np.ndarray:
+    """Join string arrays element-wise with ', ', skipping empty strings (vectorized)."""
+    out = np.asarray(parts[0], dtype=object)
+    for p in parts[1:]:
+        p = np.asarray(p, dtype=object)
+        sep = np.where((out != "") & (p != ""), ", ", "")
+        out = out + sep + p
+    return out

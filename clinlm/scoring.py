@@ -1,0 +1,99 @@
+"""Batched next-token scoring of chat prompts, restricted to a few candidate tokens.
+
+The expensive part of prediction is the transformer body; the vocabulary projection is
+done only at the last prompt position and only for the candidate token rows of the LM
+head (``h @ W[candidates].T``), never the full 49k-token vocabulary for every position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from clinlm import hf
+
+
+class AnswerScorer:
+    """Wraps a (LoRA-adapted) causal LM and its tokenizer for batched answer scoring."""
+
+    def __init__(self, model: Any, tok: Any, batch_size: int = 32, max_length: int = 512,
+                 autocast_dtype: str | None = "bfloat16") -> None:
+        self.model, self.tok = model.eval(), tok
+        self.tok.padding_side = "left"
+        self.batch_size, self.max_length = batch_size, max_length
+        self.autocast_dtype = hf.resolve_dtype(autocast_dtype)
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder = causal.get_decoder()
+        self.lm_head = causal.get_output_embeddings()
+
+    @classmethod
+    def from_adapter(cls, model_dir: str | Path, cfg: dict[str, Any]) -> AnswerScorer:
+        """Load the base model as in training (same bnb settings) plus the saved LoRA adapter."""
+        from peft import PeftModel
+
+        pcfg = cfg.get("predict", {})
+        hf.set_threads(cfg.get("torch_threads"))
+        tok = hf.load_tokenizer(str(model_dir), padding_side="left")
+        base = hf.load_causal_lm(cfg["base"], cfg.get("bnb"), pcfg.get("dtype"))
+        model = PeftModel.from_pretrained(base, str(model_dir))
+        return cls(model, tok, pcfg.get("batch_size", 32), pcfg.get("max_length", 512),
+                   pcfg.get("autocast_dtype", "bfloat16"))
+
+    def _autocast(self):
+        import torch
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        dev = next(self.model.parameters()).device.type
+        return torch.autocast(dev, dtype=self.autocast_dtype)
+
+    def last_hidden(self, prompts: list[str], desc: str = "scoring") -> np.ndarray:
+        """Final hidden state at the last prompt token, (n_prompts, hidden) float32.
+
+        Prompts are sorted by length so batches carry little padding; the output is in the
+        input order. Left padding + explicit position ids make a padded row compute exactly
+        what it would alone.
+        """
+        import torch
+
+        enc = self.tok(prompts, add_special_tokens=False, truncation=True,
+                       max_length=self.max_length)["input_ids"]
+        order = np.argsort([len(e) for e in enc], kind="stable")
+        out = np.zeros((len(prompts), self.lm_head.weight.shape[1]), dtype=np.float32)
+        dev = next(self.model.parameters()).device
+        with torch.inference_mode(), self._autocast():
+            for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch"):
+                idx = order[start:start + self.batch_size]
+                batch = self.tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+                mask = batch["attention_mask"].to(dev)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                h = self.decoder(input_ids=batch["input_ids"].to(dev), attention_mask=mask,
+                                 position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+                out[idx] = h.float().cpu().numpy()
+        return out
+
+    def token_logits(self, hidden: np.ndarray, token_ids: list[int]) -> np.ndarray:
+        """Logits of ``token_ids`` only, from final hidden states: ``h @ W[ids].T (+ b)``."""
+        import torch
+        w = self.lm_head.weight[token_ids].float()
+        logits = torch.from_numpy(hidden).to(w.device) @ w.T
+        if getattr(self.lm_head, "bias", None) is not None:
+            logits = logits + self.lm_head.bias[token_ids].float()
+        return logits.detach().cpu().numpy()
+
+    def first_token_ids(self, choices: list[str]) -> list[int]:
+        """The first token of each answer string (must differ between choices)."""
+        ids = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"answers {choices} share a first token; cannot score them apart")
+        return ids
+
+    def choice_probs(self, prompts: list[str], choices: list[str]) -> np.ndarray:
+        """P(choice) renormalised over ``choices``, from each choice's first token; (n, k)."""
+        logits = self.token_logits(self.last_hidden(prompts), self.first_token_ids(choices))
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)

@@ -1,0 +1,45 @@
+"""Stage evaluate: predictions CSV -> metrics/<task>/<model>.json + plot data. No model import."""
+
+import argparse
+
+import pandas as pd
+
+from clinlm.io import write_json
+from clinlm.metrics import classification_metrics, regression_metrics
+from clinlm.params import load_params, run_spec
+from clinlm.pipeline import (
+    metrics_path,
+    model_dir,
+    plots_dir,
+    predictions_path,
+    processed_dir,
+    read_json,
+    setup_logging,
+)
+
+if __name__ == "__main__":
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--run", required=True, help="runs.<name> in params.yaml")
+    args = ap.parse_args()
+    params = load_params()
+    task, task_cfg, model, model_cfg = run_spec(params, args.run)
+    pred = pd.read_csv(predictions_path(task, model), dtype={"id": str})
+    split = read_json(processed_dir(task) / "split.json")
+    trained = read_json(model_dir(task, model) / "train_info.json")
+    if task_cfg["type"] == "classification":
+        m, plots = classification_metrics(pred)
+    else:
+        m, plots = regression_metrics(pred, train_mean=split["train_mean"])
+        if "noise_floor_mae" in split:
+            m["noise_floor_mae"] = split["noise_floor_mae"]
+    m.update({"task": task, "model": model, "method": model_cfg["method"],
+              "base": model_cfg.get("base", model_cfg.get("base_model")),
+              "n_train": trained.get("n_train"), "train_seconds": trained.get("train_seconds"),
+              "data_source": split["data_source"],
+              "group_by_patient": split.get("group_by_patient")})
+    write_json(metrics_path(task, model), m)
+    for name, frame in plots.items():
+        write_json(plots_dir(task, model) / f"{name}.json",
+                   [{**row, "model": model} for row in frame.to_dict(orient="records")])
+    print({k: v for k, v in m.items() if not isinstance(v, dict)})

@@ -1,0 +1,34 @@
+"""Stage split: seeded, stratified train/test split (optionally grouped by patient)."""
+
+import argparse
+
+import pandas as pd
+
+from clinlm.io import write_json, write_parquet
+from clinlm.params import load_params
+from clinlm.pipeline import interim_dir, processed_dir, raw_dir, read_json, setup_logging
+from clinlm.split import split_table
+
+if __name__ == "__main__":
+    setup_logging()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True)
+    args = ap.parse_args()
+    params = load_params()
+    task = params["tasks"][args.task]
+    table = pd.read_parquet(interim_dir(args.task) / "table.parquet")
+    train, test = split_table(table, seed=params["seed"], task_type=task["type"], **task["split"])
+    out = processed_dir(args.task)
+    write_parquet(out / "train.parquet", train)
+    write_parquet(out / "test.parquet", test)
+    shared = set(train["group"]) & set(test["group"])
+    info = {"n_train": len(train), "n_test": len(test), "groups_on_both_sides": len(shared),
+            "data_source": read_json(raw_dir(args.task) / "download.json")["data_source"],
+            **task["split"]}
+    if task["type"] == "classification":
+        info["train_prevalence"] = float(train["label"].eq("Yes").mean())
+        info["test_prevalence"] = float(test["label"].eq("Yes").mean())
+    else:
+        info["train_mean"] = float(train["label"].mean())
+    write_json(out / "split.json", info)
+    print(info)

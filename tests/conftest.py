@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to the real data beside the repo and a tiny random Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer random-weight Llama saved with the real SmolLM2 tokenizer (fast CPU tests).
+
+    The tokenizer comes from the embedded GGUF, so chat template and token ids are real.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from clinlm.base_model import embedded_gguf
+
+    out = tmp_path_factory.mktemp("tiny_llama")
+    gguf = embedded_gguf("embedded:smollm2")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
+                      pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
