@@ -60,6 +60,25 @@ def build_training_kwargs(training: dict[str, Any], output_dir: str, seed: int) 
     return kw
 
 
+def training_callbacks(training_kwargs: dict[str, Any], log_dir: str | None) -> list:
+    """Route ``report_to: dvclive`` to a per-run folder (``metrics/<task>/train/<model>``).
+
+    The stock integration writes every run to ./dvclive and needs a git commit; here each
+    run gets its own folder, so parallel runs and ``dvc plots`` keep their curves apart.
+    Mutates ``training_kwargs["report_to"]`` (dvclive removed, handled by the callback).
+    """
+    report = training_kwargs.get("report_to", "none")
+    report = [report] if isinstance(report, str) else list(report)
+    if "dvclive" not in report or log_dir is None:
+        return []
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    rest = [r for r in report if r != "dvclive"]
+    training_kwargs["report_to"] = rest or "none"
+    return [DVCLiveCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]
+
+
 def load_tokenizer(base: str, padding_side: str = "left"):
     """Tokenizer with a pad token (falls back to EOS) and the given padding side."""
     from transformers import AutoTokenizer

@@ -52,7 +52,7 @@ METHOD_KEYS: dict[str, dict[str, Any]] = {
                "requests_per_minute": NUM, "max_concurrency": int, "max_retries": int,
                "backoff_base_s": NUM, "backoff_max_s": NUM, "timeout_s": NUM,
                "few_shot_k": int, "poll_interval_s": NUM, "finetune_hyperparameters": dict,
-               "temperature": NUM},
+               "temperature": NUM, "retry_failed": bool, "keep_partial": bool},
     "gbdt": {"hist_gbdt": dict},
 }
 

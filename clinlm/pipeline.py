@@ -44,6 +44,11 @@ def work_dir(task: str, model: str) -> Path:
     return ROOT / "data" / "work" / task / model
 
 
+def train_log_dir(task: str, model: str) -> Path:
+    """Training curves (dvclive) of one run; small, committed for ``dvc plots diff``."""
+    return ROOT / "metrics" / task / "train" / model
+
+
 def metrics_path(task: str, model: str) -> Path:
     return ROOT / "metrics" / task / f"{model}.json"
 
@@ -58,7 +63,8 @@ def make_run(run_name: str, params: dict[str, Any] | None = None) -> Run:
     task, task_cfg, model, model_cfg = run_spec(params, run_name)
     return Run(task=task, task_type=task_cfg["type"], model=model, cfg=model_cfg,
                model_dir=model_dir(task, model), data_dir=processed_dir(task),
-               seed=params["seed"], task_cfg=task_cfg)
+               seed=params["seed"], task_cfg=task_cfg, log_dir=train_log_dir(task, model),
+               work_dir=work_dir(task, model))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -22,4 +22,5 @@ if __name__ == "__main__":
     info = method.train(run, pd.read_parquet(run.data_dir / "train.parquet"))
     info["stage_seconds"] = round(time.time() - t0, 1)
     write_json(run.model_dir / "train_info.json", info)
+    write_json(run.log_dir / "train_info.json", info)  # committed copy (cache: false)
     print(info)

@@ -44,6 +44,14 @@ def real_tokenizer(auto_tokenizer):
     return auto_tokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The method sets torch's thread count (torch_threads: 1 here); give it back after."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> str:
     """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer, saved to a folder."""

@@ -33,6 +33,9 @@ class Run:
             parquet files and the format stage's JSONL files live there.
         seed: the global seed.
         task_cfg: the ``tasks.<task>`` section (prompts, target range, ...).
+        log_dir: where training curves go (dvclive), or None.
+        work_dir: scratch state that survives an interrupted stage (resumable API calls);
+            not a DVC output, so an interrupted predict never dirties ``model_dir``.
     """
 
     task: str
@@ -43,6 +46,8 @@ class Run:
     data_dir: Path
     seed: int = 42
     task_cfg: dict[str, Any] = field(default_factory=dict)
+    log_dir: Path | None = None
+    work_dir: Path | None = None
 
 
 class Method(ABC):

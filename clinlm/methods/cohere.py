@@ -46,7 +46,8 @@ Config (``models.<model>`` in ``params.yaml``; defaults in brackets):
     retries ran out are always asked again on resume, answered rows never.
 ``keep_partial`` [false]
     Keep ``predictions.<hash>.partial.jsonl`` after a complete predict (by default it is
-    deleted then, so ``run.model_dir`` -- the train stage's output -- is left unchanged).
+    deleted then). It lives in ``run.work_dir`` (``data/work/<task>/<model>``), which is no
+    DVC output, so an interrupted predict never makes the train stage look changed.
 
 Files: train reads ``run.data_dir/cohere_train.jsonl`` (+ ``cohere_eval.jsonl`` when present)
 and writes ``run.model_dir/cohere_model.json`` (``model_id``, ``dataset_id``, ``status``,
@@ -565,7 +566,9 @@ class CohereMethod(Method):
         ids = df["id"].astype(str).tolist() if "id" in df.columns else []
         key = partial_key(ids, model_id, run.task_type, run.task_cfg, few_shot,
                           settings.temperature)
-        partial = run.model_dir / f"predictions.{key}.partial.jsonl"
+        scratch = run.work_dir or run.model_dir  # work_dir: not a DVC output
+        scratch.mkdir(parents=True, exist_ok=True)
+        partial = scratch / f"predictions.{key}.partial.jsonl"
         out = predict_rows(df, task_type=run.task_type, task_cfg=run.task_cfg,
                            model_id=model_id, partial_path=partial, cfg=run.cfg,
                            few_shot=few_shot)

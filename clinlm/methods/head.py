@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -287,11 +288,12 @@ class HeadMethod(Method):
         model = get_peft_model(model, hf.build_lora_config(lora))
 
         out = Path(run.model_dir)
-        args = TrainingArguments(**hf.build_training_kwargs(training, str(out / "checkpoints"),
-                                                            run.seed))
+        targs = hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed)
+        callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
+        args = TrainingArguments(**targs)
         trainer = _head_trainer_class()(
             model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
-            task_type=run.task_type,
+            callbacks=callbacks, task_type=run.task_type,
             class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32))
         t0 = time.time()
         result = trainer.train()
@@ -306,6 +308,7 @@ class HeadMethod(Method):
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tok.save_pretrained(out)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
         (out / "resolved_config.json").write_text(json.dumps(
             {"model": run.model, "task": run.task, "cfg": cfg, "task_cfg": run.task_cfg}, indent=2))

@@ -2,8 +2,8 @@
 
 Training: chat prompt (system + user statement) -> assistant answer (``Yes``/``No`` or an
 age). Rows are tokenized once with the model's chat template; the loss covers the answer
-tokens only (``completion_mask``), and TRL's fused LM head projects only those positions,
-so the 49k-token vocabulary is never materialized for the prompt.
+tokens only (``completion_mask``), and ``AnswerSFTTrainer`` projects only those positions
+through the LM head, so the 49k-token vocabulary is never materialized for the prompt.
 
 Prediction: one batched forward pass per batch, left padded, reading the next-token
 distribution at the last prompt position, restricted to the candidate answer tokens
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -79,7 +80,9 @@ class SFTMethod(Method):
         import torch
         from datasets import Dataset
         from peft import get_peft_model, prepare_model_for_kbit_training
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from clinlm.sft_trainer import AnswerSFTTrainer
 
         cfg = run.cfg
         hf.set_threads(cfg.get("torch_threads"))
@@ -98,14 +101,17 @@ class SFTMethod(Method):
         model = get_peft_model(model, hf.build_lora_config(cfg["lora"]))
 
         out = run.model_dir
-        args = SFTConfig(**cfg.get("sft", {}),
-                         **hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        targs = hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed)
+        callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
+        args = SFTConfig(**cfg.get("sft", {}), **targs)
+        trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                             callbacks=callbacks)
         t0 = time.time()
         result = trainer.train()
         seconds = time.time() - t0
         model.save_pretrained(out)
         tok.save_pretrained(out)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         info = {
             "method": self.name, "base": cfg["base"], "n_train": len(df),

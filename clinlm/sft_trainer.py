@@ -1,0 +1,41 @@
+"""``AnswerSFTTrainer``: TRL's SFTTrainer with a loss computed at the answer positions only.
+
+TRL's own fused LM head (``fused_lm_head=True``) is built for GPUs; measured here on a
+2-core AVX2 CPU it made one 849-token step take ~158 s against ~7 s for a plain forward and
+backward. This loss does the same maths directly: run the transformer body, keep the
+hidden states whose *next* token is an answer token (labels != -100), project only those
+rows through the LM head, and take the mean cross-entropy. Gradients, optimizer, schedule,
+logging and saving are all TRL's / the Trainer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+
+def answer_loss(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the positions whose label is not -100."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    hidden = causal.get_decoder()(input_ids=inputs["input_ids"],
+                                  attention_mask=inputs.get("attention_mask"),
+                                  use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    h = hidden[:, :-1][keep]  # (n_answer_tokens, hidden)
+    logits = causal.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, target[keep], reduction="sum"), int(keep.sum())
+
+
+class AnswerSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss touches the vocabulary only at answer positions."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_sum, n = answer_loss(model, inputs)
+        denom = num_items_in_batch if num_items_in_batch is not None else n
+        loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
+        return (loss, None) if return_outputs else loss

@@ -1,0 +1,70 @@
+"""params.yaml validation: unknown keys and wrong types stop with the key's name."""
+
+import copy
+
+import pytest
+import yaml
+
+from clinlm.params import ParamsError, load_params, validate
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_repo_params_are_valid(params):
+    assert "noshow-gbdt" in params["runs"]  # the baseline is in every comparison
+    assert "llama31-8b-sft" in params["models"]  # GPU preset present...
+    assert all(r["model"] != "llama31-8b-sft" for r in params["runs"].values())  # ...not default
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("models", "smollm2-sft", "lora", "rank"), 8, "models.smollm2-sft.lora.rank"),
+    (("models", "smollm2-sft", "lora", "r"), "sixteen", "models.smollm2-sft.lora.r"),
+    (("models", "smollm2-sft", "bnb", "load_in_4bits"), True, "models.smollm2-sft.bnb.load_in_4bits"),
+    (("models", "smollm2-sft", "training", "learning_rate"), "fast", "training.learning_rate"),
+    (("models", "smollm2-sft", "sft", "max_length"), "long", "sft.max_length"),
+    (("models", "smollm2-sft", "sft", "learning_rate"), 0.1, "sft.learning_rate"),  # belongs to training
+    (("models", "smollm2-sft", "max_train_rows"), "all", "models.smollm2-sft.max_train_rows"),
+    (("tasks", "noshow", "split", "test_size"), "20%", "tasks.noshow.split.test_size"),
+    (("tasks", "noshow", "split", "by_patient"), True, "tasks.noshow.split.by_patient"),
+    (("seed",), "42", "seed"),
+])
+def test_bad_values_name_the_key(params, path, value, needle):
+    p = copy.deepcopy(params)
+    node = p
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):
+        validate(p)
+
+
+def test_unknown_run_model(params):
+    p = copy.deepcopy(params)
+    p["runs"]["x"] = {"task": "noshow", "model": "nope"}
+    with pytest.raises(ParamsError, match="runs.x.model"):
+        validate(p)
+
+
+def test_builders_accept_the_repo_sections(params):
+    from clinlm import hf
+    m = params["models"]["smollm2-sft"]
+    lora = hf.build_lora_config(m["lora"])
+    assert lora.r == m["lora"]["r"] and lora.lora_alpha == m["lora"]["lora_alpha"]
+    bnb = hf.build_bnb_config(m["bnb"])
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    from trl import SFTConfig
+    cfg = SFTConfig(**m["sft"], **hf.build_training_kwargs(
+        {**m["training"], "report_to": "none"}, "/tmp/x", 1))
+    assert cfg.completion_only_loss and cfg.learning_rate == m["training"]["learning_rate"]
+    gpu = params["models"]["llama31-8b-sft"]
+    assert str(hf.build_bnb_config(gpu["bnb"]).bnb_4bit_compute_dtype) == "torch.bfloat16"
+
+
+def test_yaml_round_trip(tmp_path, params):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    assert load_params(f) == params

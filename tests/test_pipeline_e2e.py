@@ -1,0 +1,93 @@
+"""End to end: the real `dvc repro` on a tiny slice, in a temporary copy of the repo.
+
+Runs every stage for real (embedded SmolLM2 materialized from its GGUF, QLoRA training on a
+few rows, batched prediction, GBDT baseline, evaluate, compare), then checks the metrics
+files, that `dvc status` is clean, and that a LoRA change reruns train and later stages only.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("KAGGLE_USERNAME", None), env.pop("KAGGLE_KEY", None), env.pop("KAGGLE_API_TOKEN", None)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    for p in ("dvc.lock",):
+        (dst / p).unlink(missing_ok=True)
+    shutil.rmtree(dst / "metrics", ignore_errors=True)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=400)
+    m = params["models"]["smollm2-sft"]
+    m["max_train_rows"] = 16
+    m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
+    params["runs"] = {k: v for k, v in params["runs"].items() if v["task"] == "noshow"}
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q"], dst)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "e2e"], dst)
+    sh(["dvc", "repro"], dst)
+    return dst
+
+
+def test_metrics_written(repo):
+    for model in ("smollm2-sft", "gbdt"):
+        m = json.loads((repo / "metrics" / "noshow" / f"{model}.json").read_text())
+        for key in ("roc_auc", "pr_auc", "accuracy", "f1", "recall", "brier", "n_train",
+                    "n_test", "data_source", "method"):
+            assert key in m, key
+        assert m["data_source"] == "synthetic" and m["n_test"] > 50
+        assert 0 <= m["roc_auc"] <= 1
+    assert json.loads((repo / "metrics/noshow/smollm2-sft.json").read_text())["n_train"] == 16
+    summary = (repo / "metrics" / "summary.md").read_text()
+    assert "smollm2-sft" in summary and "gbdt" in summary
+    assert (repo / "metrics/noshow/plots/gbdt/roc.json").exists()
+    assert (repo / "metrics/noshow/train/smollm2-sft/train_info.json").exists()
+
+
+def test_status_clean_and_lora_change_reruns_train_only(repo):
+    assert "up to date" in sh(["dvc", "status"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["smollm2-sft"]["lora"]["r"] = 32
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro", "--dry"], repo)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert {"train@noshow-smollm2-sft", "predict@noshow-smollm2-sft",
+            "evaluate@noshow-smollm2-sft"} <= ran
+    assert not ran & {"download@noshow", "statements@noshow", "split@noshow", "format@noshow",
+                      "train@noshow-gbdt", "base_model@smollm2-135m-instruct"}
+
+
+def test_predict_cli_on_a_new_csv(repo, tmp_path):
+    raw = (repo / "data/raw/noshow/appointments.csv").read_text().splitlines()
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join(raw[:11]) + "\n")
+    out = tmp_path / "preds.csv"
+    sh([sys.executable, "-m", "clinlm.predict", "--run", "noshow-gbdt", "--input", str(new),
+        "--output", str(out)], repo)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,y_true,p_yes,y_pred" and len(lines) == 11

@@ -1,0 +1,90 @@
+"""The sft method on a tiny random Llama with the real SmolLM2 tokenizer (fast, CPU)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clinlm.methods.base import Run
+from clinlm.methods.sft import SFTMethod, tokenize_for_sft
+from clinlm.predict import predict_table
+
+TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
+
+
+def _df(n=48):
+    rng = np.random.default_rng(0)
+    wait = rng.integers(0, 40, n)
+    return pd.DataFrame({"id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
+                         "statement": [f"Booked {w} days ahead." for w in wait],
+                         "label": np.where(wait > 20, "Yes", "No")})
+
+
+def _cfg(base, **over):
+    cfg = {"method": "sft", "base": str(base), "max_train_rows": None,
+           "bnb": {"load_in_4bit": False},
+           "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                    "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"},
+           "sft": {"max_length": 128, "completion_only_loss": True},
+           "training": {"num_train_epochs": 3, "per_device_train_batch_size": 8,
+                        "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
+                        "report_to": "none"},
+           "predict": {"batch_size": 5, "dtype": "float32", "autocast_dtype": None}}
+    cfg.update(over)
+    return cfg
+
+
+def test_tokenize_masks_only_the_answer(tiny_llama):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    enc = tokenize_for_sft(tok, _df(4), TASK, "classification")
+    for ids, mask, label in zip(enc["input_ids"], enc["completion_mask"], _df(4)["label"], strict=True):
+        answer = [i for i, m in zip(ids, mask, strict=True) if m]
+        assert tok.decode(answer).startswith(label)
+        assert answer[-1] == tok.eos_token_id  # learns to stop
+        assert sum(mask) <= 3
+
+
+def test_train_lowers_loss_and_predicts(tiny_llama, tmp_path):
+    run = Run("noshow", "classification", "tiny", _cfg(tiny_llama), tmp_path / "m", tmp_path,
+              seed=1, task_cfg=TASK)
+    info = SFTMethod().train(run, _df())
+    assert info["last_loss"] < info["first_loss"]
+    assert (tmp_path / "m" / "adapter_model.safetensors").exists()
+    df = _df(12)
+    res = predict_table(run, df)
+    assert list(res.columns) == ["id", "y_true", "p_yes", "y_pred"]
+    assert res["p_yes"].between(0, 1).all() and res["id"].tolist() == df["id"].tolist()
+
+
+def test_batched_scoring_equals_one_by_one(tiny_llama, tmp_path):
+    """Left padding + position ids: a row scores the same alone or in a padded batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clinlm.scoring import AnswerScorer
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    prompts = ["short", "a much longer prompt with many more tokens in it than the first", "mid one"]
+    batched = AnswerScorer(model, tok, batch_size=3, autocast_dtype=None).choice_probs(prompts, ["Yes", "No"])
+    single = AnswerScorer(model, tok, batch_size=1, autocast_dtype=None).choice_probs(prompts, ["Yes", "No"])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    # and equals the full model's softmax over the two tokens at the last position
+    ids = [tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"] for p in prompts]
+    yes, no = tok("Yes", add_special_tokens=False)["input_ids"][0], tok("No", add_special_tokens=False)["input_ids"][0]
+    for i, x in enumerate(ids):
+        logits = model(input_ids=x).logits[0, -1, [yes, no]]
+        np.testing.assert_allclose(torch.softmax(logits, -1).detach().numpy(), batched[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("bnb", [{"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                  "bnb_4bit_use_double_quant": True,
+                                  "bnb_4bit_compute_dtype": "float32"}])
+def test_qlora_4bit_path_on_cpu(tiny_llama, tmp_path, bnb):
+    cfg = _cfg(tiny_llama, bnb=bnb)
+    cfg["training"]["num_train_epochs"] = 1
+    run = Run("noshow", "classification", "tiny4", cfg, tmp_path / "m4", tmp_path, seed=1,
+              task_cfg=TASK)
+    info = SFTMethod().train(run, _df(16))
+    assert info["trainable_parameters"] > 0
+    res = predict_table(run, _df(6))
+    assert res["p_yes"].notna().all()
