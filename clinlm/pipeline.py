@@ -69,3 +69,11 @@ def make_run(run_name: str, params: dict[str, Any] | None = None) -> Run:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Check every run's method can work (API keys present, ...) before the first stage."""
+    from clinlm.methods import get_method
+    for name in params["runs"]:
+        run = make_run(name, params)
+        get_method(run.cfg["method"]).check_ready(run)

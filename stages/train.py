@@ -16,8 +16,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     run = make_run(args.run)
     method = get_method(run.cfg["method"])
-    if hasattr(method, "check_ready"):  # e.g. cohere: fail before any work without a key
-        method.check_ready(run.cfg)
+    method.check_ready(run)  # e.g. cohere: fail before any work without CO_API_KEY
     t0 = time.time()
     info = method.train(run, pd.read_parquet(run.data_dir / "train.parquet"))
     info["stage_seconds"] = round(time.time() - t0, 1)

@@ -67,6 +67,9 @@ class Method(ABC):
 
     name: str = "base"
 
+    def check_ready(self, run: Run) -> None:
+        """Fail fast, before any work, when the method cannot run (e.g. a missing API key)."""
+
     @abstractmethod
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         """Fit on ``train_df`` and save everything predict needs under ``run.model_dir``.

@@ -530,6 +530,10 @@ class CohereMethod(Method):
 
     name = "cohere"
 
+    def check_ready(self, run: Run) -> None:
+        """Stop with a clear message when ``CO_API_KEY`` is missing or the config is invalid."""
+        check_ready(run.cfg)
+
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         settings = check_ready(run.cfg)
         t0 = time.monotonic()
