@@ -69,6 +69,7 @@ class Method(ABC):
 
     def check_ready(self, run: Run) -> None:
         """Fail fast, before any work, when the method cannot run (e.g. a missing API key)."""
+        del run  # local methods have nothing to check
 
     @abstractmethod
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
