@@ -472,3 +472,48 @@ def test_settings_defaults():
     s = settings_from_cfg({"method": "cohere"})
     assert s == CohereSettings()
     assert (s.requests_per_minute, s.max_concurrency, s.max_retries, s.timeout_s) == (40, 4, 6, 60)
+
+
+def test_hard_kill_then_resume(secret, tmp_path):
+    """SIGKILL a real predicting process halfway, resume: every row once, none lost.
+
+    Only a call in flight at the moment of the kill can be asked twice (the server answered,
+    the client died before recording it) -- at most ``max_concurrency`` rows.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    partial = tmp_path / "p.partial.jsonl"
+    df = rows(30)
+    df.to_csv(tmp_path / "rows.csv", index=False)
+    script = tmp_path / "run.py"
+    with FakeCohere(secret) as fake:
+        cfg = fast_cfg(fake.url, requests_per_minute=600, max_concurrency=2)
+        script.write_text(
+            "import json, sys, pandas as pd\n"
+            "from clinlm.methods.cohere import predict_rows\n"
+            f"df = pd.read_csv({str(tmp_path / 'rows.csv')!r}, dtype=str)\n"
+            f"predict_rows(df, task_type='classification', task_cfg={TASK_CFG!r},\n"
+            f"             model_id='ft1-ft', partial_path={str(partial)!r}, cfg={cfg!r})\n")
+        proc = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if partial.exists() and len(partial.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done_before = {json.loads(x)["id"] for x in partial.read_text().splitlines()
+                       if x.strip().endswith("}")}
+        assert 10 <= len(done_before) < 30
+        out = predict_rows(df, task_type="classification", task_cfg=TASK_CFG, model_id="ft1-ft",
+                           partial_path=partial, cfg=cfg)
+        answered = fake.answered()
+    assert list(out["id"]) == list(df["id"]) and out["ok"].all()
+    assert sorted(answered) == sorted(df["id"])
+    twice = {k for k, v in answered.items() if v > 1}
+    assert len(twice) <= cfg["max_concurrency"] and not twice & done_before
