@@ -76,8 +76,8 @@ def test_status_clean_and_lora_change_reruns_train_only(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro", "--dry"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert {"train@noshow-smollm2-sft", "predict@noshow-smollm2-sft",
-            "evaluate@noshow-smollm2-sft"} <= ran
+    # --dry cannot know predict's output will change, so evaluate/compare are not listed
+    assert {"train@noshow-smollm2-sft", "predict@noshow-smollm2-sft"} <= ran
     assert not ran & {"download@noshow", "statements@noshow", "split@noshow", "format@noshow",
                       "train@noshow-gbdt", "base_model@smollm2-135m-instruct"}
 
