@@ -13,7 +13,7 @@ from clinlm.methods.base import Run
 from clinlm.methods.sft import SFTMethod, tokenize_for_sft
 from clinlm.params import load_params
 from clinlm.predict import predict_table
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_sft_cfg
 
 # Command-R / Aya chat template (turn tokens as in CohereLabs' tokenizer_config.json).
 COHERE_TEMPLATE = (
@@ -64,15 +64,7 @@ def test_cohere_template_answer_ends_with_end_of_turn(tiny_cohere):
 
 
 def test_cohere_architecture_trains_and_predicts(tiny_cohere, tmp_path):
-    cfg = {"method": "sft", "base": str(tiny_cohere), "max_train_rows": None,
-           "bnb": {"load_in_4bit": False},
-           "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
-                    "task_type": "CAUSAL_LM"},
-           "sft": {"max_length": 128, "completion_only_loss": True},
-           "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8,
-                        "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
-                        "report_to": "none"},
-           "predict": {"batch_size": 4, "dtype": "float32", "autocast_dtype": None}}
+    cfg = tiny_sft_cfg(tiny_cohere)
     run = Run("noshow", "classification", "tiny-cohere", cfg, tmp_path / "m", tmp_path, seed=1,
               task_cfg=TASK)
     info = SFTMethod().train(run, _df(32))

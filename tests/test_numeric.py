@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from clinlm.numeric import decode_numeric, digit_token_ids, number_probs, summarize
+from tests.conftest import tiny_sft_cfg
 
 # One intra-op thread: these tiny models are all per-op overhead, and on a busy 2-core box
 # two OpenMP threads make every small op ~100x slower.
@@ -161,15 +162,7 @@ def test_sft_regression_train_and_predict(tiny_llama, tmp_path) -> None:
                        "statement": [f"Age {a}." for a in ages], "label": ages.astype(float)})
     task = {"prompt": {"system": "Answer with a number.", "question": "What is the age?"},
             "answer": {"min": 18, "max": 110}}
-    cfg = {"method": "sft", "base": str(tiny_llama), "max_train_rows": None, "torch_threads": THREADS,
-           "bnb": {"load_in_4bit": False},
-           "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-                    "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"},
-           "sft": {"max_length": 128, "completion_only_loss": True},
-           "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8,
-                        "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
-                        "report_to": "none"},
-           "predict": {"batch_size": 4, "dtype": "float32", "autocast_dtype": None}}
+    cfg = tiny_sft_cfg(tiny_llama, torch_threads=THREADS)
     run = Run("vascular_age", "regression", "tiny", cfg, tmp_path / "m", tmp_path, seed=1,
               task_cfg=task)
     info = SFTMethod().train(run, df)

@@ -7,6 +7,7 @@ import pytest
 from clinlm.methods.base import Run
 from clinlm.methods.sft import SFTMethod, tokenize_for_sft
 from clinlm.predict import predict_table
+from tests.conftest import tiny_sft_cfg
 
 TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
 
@@ -20,17 +21,7 @@ def _df(n=48):
 
 
 def _cfg(base, **over):
-    cfg = {"method": "sft", "base": str(base), "max_train_rows": None,
-           "bnb": {"load_in_4bit": False},
-           "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-                    "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"},
-           "sft": {"max_length": 128, "completion_only_loss": True},
-           "training": {"num_train_epochs": 3, "per_device_train_batch_size": 8,
-                        "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
-                        "report_to": "none"},
-           "predict": {"batch_size": 5, "dtype": "float32", "autocast_dtype": None}}
-    cfg.update(over)
-    return cfg
+    return tiny_sft_cfg(base, epochs=3, predict_batch_size=5, **over)
 
 
 def test_tokenize_masks_only_the_answer(tiny_llama):
