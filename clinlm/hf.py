@@ -103,3 +103,48 @@ def load_causal_lm(base: str, bnb: dict[str, Any] | None, torch_dtype: str | Non
     """A causal LM from a folder or hub id, 4-bit/8-bit when the bnb section asks for it."""
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(bnb, torch_dtype))
+
+
+def merge_lora_dequantized(model: Any, dtype: str | None = "float32") -> Any:
+    """Fold LoRA adapters into plain ``nn.Linear`` layers, for fast inference.
+
+    A bitsandbytes 4-bit base layer is first dequantized (the exact weights its own forward
+    uses), then ``B @ A * scaling`` is added in ``dtype``. The result computes what the
+    quantized base + adapter computes, up to float rounding, without the per-call
+    dequantization and the two extra LoRA matmuls (peft's own ``merge_and_unload`` would
+    re-quantize the merged weight to 4 bits, which changes the model). Returns the
+    underlying ``PreTrainedModel`` with no peft wrappers; non-LoRA modules are untouched.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    target = resolve_dtype(dtype) or torch.float32
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    replacements = []
+    for name, module in causal.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        weight = base.weight
+        if getattr(weight, "quant_state", None) is not None:  # bnb Params4bit
+            import bitsandbytes.functional as bnbf
+            w = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+        elif hasattr(weight, "SCB"):  # bnb 8-bit: leave it to peft
+            raise ValueError(f"{name}: merging 8-bit layers is not supported; "
+                             "set predict.merge_adapter: false")
+        else:
+            w = weight.data.to(torch.float32)
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                w = w + module.get_delta_weight(adapter).to(torch.float32)
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=base.bias is not None,
+                              device=w.device, dtype=target)
+        with torch.no_grad():
+            lin.weight.copy_(w.to(target))
+            if base.bias is not None:
+                lin.bias.copy_(base.bias.to(target))
+        replacements.append((name, lin))
+    for name, lin in replacements:
+        parent_name, _, child = name.rpartition(".")
+        setattr(causal.get_submodule(parent_name) if parent_name else causal, child, lin)
+    return causal.eval()

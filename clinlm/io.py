@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,9 +48,23 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically. NaN/inf become ``null`` (strict JSON, which
+    ``dvc metrics`` and other readers parse)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=False,
+                                  default=_json_default, allow_nan=False) + "\n")
+
+
+def _strict(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:  # numpy scalar
+        return _strict(o.item())
+    return o
 
 
 def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:

@@ -37,6 +37,7 @@ TASK_SCHEMA: dict[str, Any] = {
     "format": {"eval_fraction": NUM},
     "prompt": {"system": str, "question": str},
     "answer": dict,  # regression answer range (min/max) for numeric decoding
+    "images": {"width_px": int, "height_px": int},  # ECG paper PNGs (vascular_age)
 }
 METHOD_KEYS: dict[str, dict[str, Any]] = {
     "common": {"method": str, "description": str},

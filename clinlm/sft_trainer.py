@@ -6,6 +6,11 @@ backward. This loss does the same maths directly: run the transformer body, keep
 hidden states whose *next* token is an answer token (labels != -100), project only those
 rows through the LM head, and take the mean cross-entropy. Gradients, optimizer, schedule,
 logging and saving are all TRL's / the Trainer's.
+
+TRL also casts QLoRA adapter weights to bfloat16 (the QLoRA paper's recipe). On a CPU
+without native bf16 matmuls that makes every LoRA matmul ~100x slower than fp32 and a
+training step ~2x slower overall (measured: 28 s -> 13 s for 8 rows of 200 tokens), so
+``adapter_dtype`` restores the dtype the adapters should train in: the bnb compute dtype.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ def answer_loss(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 class AnswerSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss touches the vocabulary only at answer positions."""
+    """SFTTrainer whose loss touches the vocabulary only at answer positions.
+
+    Args:
+        adapter_dtype: dtype of the trainable (LoRA) parameters after TRL's setup; ``None``
+            keeps TRL's choice (bfloat16 for quantized bases).
+    """
+
+    def __init__(self, *args: Any, adapter_dtype: torch.dtype | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if adapter_dtype is not None:
+            for param in self.model.parameters():
+                if param.requires_grad and param.dtype != adapter_dtype:
+                    param.data = param.data.to(adapter_dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_sum, n = answer_loss(model, inputs)

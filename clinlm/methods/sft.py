@@ -70,6 +70,15 @@ def tokenize_for_sft(tok, df: pd.DataFrame, task_cfg: dict, task_type: str) -> d
     return {"input_ids": input_ids, "completion_mask": masks}
 
 
+def adapter_dtype(cfg: dict[str, Any]):  # -> torch.dtype | None
+    """The dtype LoRA weights train in: the bnb compute dtype of a quantized base (float32
+    on CPUs without bf16 matmuls, bfloat16 on GPUs as in QLoRA); ``None`` otherwise."""
+    bnb = cfg.get("bnb") or {}
+    if not (bnb.get("load_in_4bit") or bnb.get("load_in_8bit")):
+        return None
+    return hf.resolve_dtype(bnb.get("bnb_4bit_compute_dtype") or "float32")
+
+
 class SFTMethod(Method):
     """QLoRA supervised fine-tuning through TRL's ``SFTTrainer``."""
 
@@ -105,7 +114,7 @@ class SFTMethod(Method):
         callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
         args = SFTConfig(**cfg.get("sft", {}), **targs)
         trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                             callbacks=callbacks)
+                                   callbacks=callbacks, adapter_dtype=adapter_dtype(cfg))
         t0 = time.time()
         result = trainer.train()
         seconds = time.time() - t0
