@@ -32,11 +32,12 @@ MSE) and a 90 % interval (5th/95th percentiles); :func:`decode_numeric` does bot
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from clinlm.scoring import select_cache
 
 DIGITS = "0123456789"
 
@@ -105,18 +106,6 @@ def check_digit_tokenization(tok: Any, prompt: str, numbers: list[str],
             raise ValueError(f"the answer {s!r} after the prompt does not tokenize digit by "
                              f"digit ({full[len(base):]} vs {[digit_ids[c] for c in s]}); "
                              "numeric decoding needs one token per digit")
-
-
-def _select_cache(cache: Any, rows: Any) -> Any:
-    """A copy of a KV cache holding only batch ``rows`` (repeats allowed); the input is untouched."""
-    if hasattr(cache, "layers") and hasattr(cache, "batch_select_indices"):
-        sub = copy.copy(cache)
-        sub.layers = [copy.copy(layer) for layer in cache.layers]
-        sub.batch_select_indices(rows)  # re-binds each layer's keys/values to new tensors
-        return sub
-    if isinstance(cache, tuple | list):  # legacy ((k, v), ...) format
-        return tuple(tuple(t[rows] for t in layer) for layer in cache)
-    raise TypeError(f"unsupported KV cache type {type(cache).__name__}")
 
 
 TREE_ATTENTION = ("sdpa", "eager")
@@ -268,7 +257,7 @@ def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: 
         for s in range(0, b * len(level), chunk):
             pair = torch.arange(s, min(s + chunk, b * len(level)), device=dev)
             rows, cols = pair // len(level), pair % len(level)
-            sub = _select_cache(cache, rows)
+            sub = select_cache(cache, rows)
             m = torch.cat([mask[rows], mask.new_ones(len(pair), k)], dim=1)
             with scorer._autocast():
                 h = scorer.decoder(input_ids=ptok[cols], attention_mask=m,

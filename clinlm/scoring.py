@@ -17,12 +17,40 @@ from tqdm.auto import tqdm
 from clinlm import hf
 
 
+def shared_prefix_length(enc: list[list[int]], min_tokens: int = 8) -> int:
+    """Tokens every sequence starts with, keeping >= 1 own token per row; 0 if < ``min_tokens``."""
+    if len(enc) < 2:
+        return 0
+    first, n = enc[0], min(len(e) for e in enc) - 1
+    for e in enc[1:]:
+        k = 0
+        while k < n and e[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= min_tokens else 0
+
+
+def select_cache(cache: Any, rows: Any) -> Any:
+    """A copy of a KV cache holding only batch ``rows`` (repeats allowed); the input is untouched."""
+    import copy
+
+    if hasattr(cache, "layers") and hasattr(cache, "batch_select_indices"):
+        sub = copy.copy(cache)
+        sub.layers = [copy.copy(layer) for layer in cache.layers]
+        sub.batch_select_indices(rows)  # re-binds each layer's keys/values to new tensors
+        return sub
+    if isinstance(cache, tuple | list):  # legacy ((k, v), ...) format
+        return tuple(tuple(t[rows] for t in layer) for layer in cache)
+    raise TypeError(f"unsupported KV cache type {type(cache).__name__}")
+
+
 class AnswerScorer:
     """Wraps a (LoRA-adapted) causal LM and its tokenizer for batched answer scoring."""
 
     def __init__(self, model: Any, tok: Any, batch_size: int = 32, max_length: int = 512,
-                 autocast_dtype: str | None = "bfloat16") -> None:
+                 autocast_dtype: str | None = "bfloat16", prefix_cache: bool = True) -> None:
         self.model, self.tok = model.eval(), tok
+        self.prefix_cache = prefix_cache
         self.tok.padding_side = "left"
         self.batch_size, self.max_length = batch_size, max_length
         self.autocast_dtype = hf.resolve_dtype(autocast_dtype)
@@ -48,7 +76,7 @@ class AnswerScorer:
         if pcfg.get("merge_adapter", True):
             model = hf.merge_lora_dequantized(model, pcfg.get("dtype") or "float32")
         return cls(model, tok, pcfg.get("batch_size", 32), pcfg.get("max_length", 512),
-                   pcfg.get("autocast_dtype", "bfloat16"))
+                   pcfg.get("autocast_dtype", "bfloat16"), pcfg.get("prefix_cache", True))
 
     def _autocast(self):
         import torch
@@ -62,23 +90,36 @@ class AnswerScorer:
 
         Prompts are sorted by length so batches carry little padding; the output is in the
         input order. Left padding + explicit position ids make a padded row compute exactly
-        what it would alone.
+        what it would alone. With ``prefix_cache`` the token prefix every prompt shares (the
+        system prompt and chat header) runs once; its KV cache is reused by every batch,
+        which then runs only the rows' own tokens (padding sits between prefix and row).
         """
         import torch
 
         enc = self.tok(prompts, add_special_tokens=False, truncation=True,
                        max_length=self.max_length)["input_ids"]
+        n_pre = shared_prefix_length(enc) if self.prefix_cache else 0
         order = np.argsort([len(e) for e in enc], kind="stable")
         out = np.zeros((len(prompts), self.lm_head.weight.shape[1]), dtype=np.float32)
         dev = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast():
+            prefix = None
+            if n_pre:
+                prefix = self.decoder(input_ids=torch.tensor([enc[0][:n_pre]], device=dev),
+                                      use_cache=True).past_key_values
             for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch"):
                 idx = order[start:start + self.batch_size]
-                batch = self.tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+                batch = self.tok.pad({"input_ids": [enc[i][n_pre:] for i in idx]},
+                                     return_tensors="pt")
                 mask = batch["attention_mask"].to(dev)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                pos = n_pre + (mask.cumsum(-1) - 1).clamp(min=0)
+                kw = {}
+                if prefix is not None:
+                    kw["past_key_values"] = select_cache(prefix, [0] * len(idx))
+                    mask = torch.cat([mask.new_ones(len(idx), n_pre), mask], dim=1)
                 h = self.decoder(input_ids=batch["input_ids"].to(dev), attention_mask=mask,
-                                 position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+                                 position_ids=pos, use_cache=prefix is not None,
+                                 **kw).last_hidden_state[:, -1]
                 out[idx] = h.float().cpu().numpy()
         return out
 

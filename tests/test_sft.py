@@ -137,3 +137,26 @@ def test_merged_dequantized_adapter_matches_4bit_plus_lora(tiny_llama):
     assert merged.model.layers[0].self_attn.q_proj.__class__ is torch.nn.Linear
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (want - got).abs().max() < 1e-3 * want.abs().max()
+
+
+def test_prefix_cache_scores_like_full_prompts(tiny_llama):
+    """The shared system prompt runs once (KV cache reused); every row scores the same as
+    without the cache, alone or in padded batches, and the prefix is found in tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clinlm.scoring import AnswerScorer, shared_prefix_length
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    system = "You predict whether a patient will miss a medical appointment. Answer Yes or No.\n"
+    prompts = [system + s for s in ["short", "a much longer row with many more tokens than the first",
+                                    "mid one", "x"]]
+    enc = tok(prompts, add_special_tokens=False)["input_ids"]
+    n = shared_prefix_length(enc)
+    assert n >= 8 and all(e[:n] == enc[0][:n] for e in enc) and n < min(map(len, enc))
+    assert shared_prefix_length([[1, 2, 3], [4, 5]]) == 0
+    want = AnswerScorer(model, tok, batch_size=1, autocast_dtype=None,
+                        prefix_cache=False).last_hidden(prompts)
+    for bs in (1, 3):
+        got = AnswerScorer(model, tok, batch_size=bs, autocast_dtype=None).last_hidden(prompts)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

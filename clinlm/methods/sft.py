@@ -84,8 +84,13 @@ class SFTMethod(Method):
 
     name = "sft"
 
-    def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
-        """Fine-tune LoRA adapters on the answer tokens and save adapter + tokenizer."""
+    def train(self, run: Run, train_df: pd.DataFrame,
+              extra_callbacks: list | None = None) -> dict[str, Any]:
+        """Fine-tune LoRA adapters on the answer tokens and save adapter + tokenizer.
+
+        ``extra_callbacks`` (``TrainerCallback``s) are added to the trainer's, e.g. the
+        benchmark's step timer.
+        """
         import torch
         from datasets import Dataset
         from peft import get_peft_model, prepare_model_for_kbit_training
@@ -112,6 +117,7 @@ class SFTMethod(Method):
         out = run.model_dir
         targs = hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed)
         callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
+        callbacks += list(extra_callbacks or [])
         args = SFTConfig(**cfg.get("sft", {}), **targs)
         trainer = AnswerSFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                                    callbacks=callbacks, adapter_dtype=adapter_dtype(cfg))

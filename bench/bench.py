@@ -1,0 +1,406 @@
+"""Throughput benchmark: the project's train/predict paths against the seed-style recipe.
+
+``make bench`` runs every part in its own subprocess (so each peak RSS is its own), then
+writes ``bench/results.json`` and ``BENCHMARKS.md`` and prints the table. Parts:
+
+* ``ceiling``  -- fp32 and bf16 matmul GFLOP/s of this machine (square products).
+* ``train``    -- tokens/s and peak RSS of (a) the project's train stage code
+  (``SFTMethod.train``: 4-bit NF4 + LoRA, answer-only loss, adapters in the compute dtype,
+  no checkpointing) and (b) the seed-style recipe: TRL ``SFTTrainer`` defaults on the full
+  chat text (default collator, loss over every token, gradient checkpointing on, fp32
+  training args, LoRA dropout 0.05), same base, rows, batch size and LoRA r/alpha/targets.
+  Plus one ablation of the project path with the seed's LoRA dropout.
+* ``predict``  -- rows/s of (a) the predict stage code (``AnswerScorer``: one batched
+  forward, candidate-token logits, merged dequantized adapter) and (b) the seed-style
+  loop: one ``generate()`` per row on the 4-bit model + adapter, parse Yes/No. Label
+  agreement between the two.
+* ``statements`` -- seconds to build statements for the full Kaggle file
+  (``../shared/data/noshow``; skipped when absent).
+
+Every timed figure is the median of several repetitions (steps, batches or runs) with its
+min-max spread. Sizes are set by the constants below (``--quick`` shrinks them for a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BASE = ROOT / "data/models/base/smollm2-135m-instruct"
+KAGGLE = ROOT.parent / "shared/data/noshow/KaggleV2-May-2016.csv.zip"
+BATCH = 8              # rows per training step, both recipes
+TRAIN_STEPS = 4        # timed steps (after one warm-up step)
+SEED_STEPS = 3         # the seed-style recipe is slow: fewer timed steps
+PREDICT_ROWS = 96      # rows scored by the predict stage code (3 batches of 32)
+GENERATE_ROWS = 24     # rows through the per-row generate() loop
+REPS = 3               # repetitions of the ceiling and statements measurements
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    """Median and min/max of a list of measurements."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def rows(n: int, seed: int = 42):
+    """``n`` no-show statements from the synthetic generator (fixed seed, both labels)."""
+    from clinlm.noshow.download import generate_synthetic
+    from clinlm.noshow.statements import build_statements
+
+    table = build_statements(generate_synthetic(max(n * 4, 400), seed))
+    yes = table[table["label"] == "Yes"].head(n // 4)
+    no = table[table["label"] == "No"].head(n - len(yes))
+    import pandas as pd
+    return pd.concat([yes, no]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def model_cfg(**over: Any) -> dict[str, Any]:
+    """The default ``models.smollm2-sft`` entry of params.yaml, with overrides."""
+    import copy
+
+    from clinlm.params import load_params
+    cfg = copy.deepcopy(load_params(ROOT / "params.yaml")["models"]["smollm2-sft"])
+    cfg["base"] = str(BASE)
+    cfg["training"].update(report_to="none", logging_steps=1)
+    for k, v in over.items():
+        cfg[k].update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+    return cfg
+
+
+def task_cfg() -> dict[str, Any]:
+    from clinlm.params import load_params
+    return load_params(ROOT / "params.yaml")["tasks"]["noshow"]
+
+
+class StepTimer:
+    """TrainerCallback recording the wall time of every optimizer step."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                timer.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                timer.steps.append(time.perf_counter() - timer.t0)
+
+        self.steps: list[float] = []
+        self.callback = _CB()
+
+
+# ---- parts (each runs in its own process) ---------------------------------------------
+
+
+def part_ceiling(quick: bool) -> dict[str, Any]:
+    import torch
+    out = {}
+    for dtype, n, reps in (("float32", 1024, 10), ("bfloat16", 512 if not quick else 256, 2)):
+        a = torch.randn(n, n, dtype=getattr(torch, dtype))
+        b = torch.randn(n, n, dtype=getattr(torch, dtype))
+        a @ b  # warm-up
+        rates = []
+        for _ in range(REPS):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+        out[f"{dtype}_gflops"] = spread(rates)
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def _train_project(df, cfg, steps: int, out_dir: Path) -> dict[str, Any]:
+    from clinlm import hf
+    from clinlm.methods.base import Run
+    from clinlm.methods.sft import SFTMethod, tokenize_for_sft
+
+    timer = StepTimer()
+    run = Run("noshow", "classification", "bench", cfg, out_dir, out_dir, seed=42,
+              task_cfg=task_cfg())
+    info = SFTMethod().train(run, df, extra_callbacks=[timer.callback])
+    tok = hf.load_tokenizer(cfg["base"], padding_side="right")
+    data = tokenize_for_sft(tok, df, task_cfg(), "classification")
+    return {"step_seconds": timer.steps, "tokens": sum(map(len, data["input_ids"])),
+            "answer_tokens": sum(map(sum, data["completion_mask"])),
+            "trainable_parameters": info["trainable_parameters"]}
+
+
+def _train_seed(df, cfg, steps: int, out_dir: Path, **training: Any) -> dict[str, Any]:
+    """TRL SFTTrainer as the seed notebooks use it: text in, defaults everywhere.
+
+    ``training`` overrides the TrainingArguments (e.g. bf16 and accumulation on a GPU)."""
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from trl import SFTConfig, SFTTrainer
+
+    from clinlm import hf
+    from clinlm.prompts import build_messages
+
+    tok = hf.load_tokenizer(cfg["base"], padding_side="right")
+    texts = [tok.apply_chat_template(build_messages(s, task_cfg(), y), tokenize=False)
+             for s, y in zip(df["statement"], df["label"], strict=True)]
+    model = hf.load_causal_lm(cfg["base"], cfg["bnb"], training.pop("dtype", "float32"))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = get_peft_model(model, hf.build_lora_config(cfg["lora"]))
+    timer = StepTimer()
+    args = SFTConfig(**hf.build_training_kwargs(
+        {"per_device_train_batch_size": BATCH, "max_steps": steps, "learning_rate": 2e-4,
+         "bf16": False, "gradient_checkpointing": True, "report_to": "none",
+         "save_strategy": "no", "logging_steps": 1, **training}, str(out_dir), 42), max_length=256)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
+                         processing_class=tok, callbacks=[timer.callback])
+    trainer.train()
+    n_tok = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {"step_seconds": timer.steps, "tokens": n_tok, "answer_tokens": 2 * len(df)}
+
+
+def part_train(quick: bool, recipe: str) -> dict[str, Any]:
+    steps = (1 if quick else (SEED_STEPS if recipe == "seed" else TRAIN_STEPS)) + 1  # + warm-up
+    df = rows(BATCH * steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        if recipe == "seed":
+            cfg = model_cfg(lora={"lora_dropout": 0.05})
+            res = _train_seed(df, cfg, steps, Path(tmp))
+        else:
+            over = {"lora": {"lora_dropout": 0.05}} if recipe == "project_dropout" else {}
+            cfg = model_cfg(training={"max_steps": steps}, max_train_rows=None, **over)
+            res = _train_project(df, cfg, steps, Path(tmp))
+    timed = res["step_seconds"][1:]  # the first step warms caches and allocators
+    per_step_tokens = res["tokens"] / steps
+    per_step_answer = res["answer_tokens"] / steps
+    return {"recipe": recipe, "batch": BATCH, "timed_steps": len(timed),
+            "step_seconds": spread(timed),
+            "tokens_per_second": spread([per_step_tokens / s for s in timed]),
+            "answer_tokens_per_second": spread([per_step_answer / s for s in timed]),
+            "tokens_per_step": per_step_tokens, "peak_rss_gib": peak_rss_gib()}
+
+
+def _adapter(tmp: Path) -> tuple[Path, str]:
+    """A trained noshow adapter: the pipeline's if present, else a short bench training."""
+    piped = ROOT / "data/models/noshow/smollm2-sft"
+    if (piped / "adapter_config.json").is_file():
+        return piped, "pipeline (data/models/noshow/smollm2-sft)"
+    cfg = model_cfg(training={"max_steps": 16}, max_train_rows=None)
+    _train_project(rows(BATCH * 16, seed=7), cfg, 16, tmp)
+    return tmp, "bench-trained (16 steps)"
+
+
+def part_predict(quick: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from clinlm.methods.sft import prompt_texts
+    from clinlm.scoring import AnswerScorer
+
+    n_rows, n_gen = (32, 4) if quick else (PREDICT_ROWS, GENERATE_ROWS)
+    df = rows(n_rows, seed=3)
+    cfg = model_cfg()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter, origin = _adapter(Path(tmp))
+        t = time.perf_counter()
+        scorer = AnswerScorer.from_adapter(adapter, cfg)
+        load_s = time.perf_counter() - t
+        prompts = prompt_texts(scorer.tok, df["statement"].tolist(), task_cfg())
+        scorer.choice_probs(prompts[:8], ["Yes", "No"])  # warm-up
+        bs, rates = scorer.batch_size, []
+        p_yes = np.zeros(len(prompts))
+        for s in range(0, len(prompts), bs):
+            t = time.perf_counter()
+            p_yes[s:s + bs] = scorer.choice_probs(prompts[s:s + bs], ["Yes", "No"])[:, 0]
+            rates.append(len(prompts[s:s + bs]) / (time.perf_counter() - t))
+        project = {"rows_per_second": spread(rates), "load_seconds": load_s, "rows": len(prompts)}
+        del scorer
+
+        # seed-style: 4-bit model + adapter (not merged), one generate() per row, parse text
+        from peft import PeftModel
+
+        from clinlm import hf
+        tok = hf.load_tokenizer(str(adapter), padding_side="left")
+        model = PeftModel.from_pretrained(hf.load_causal_lm(cfg["base"], cfg["bnb"], "float32"),
+                                          str(adapter)).eval()
+        answers, times = [], []
+        with torch.inference_mode():
+            for prompt in prompts[:n_gen]:
+                t = time.perf_counter()
+                enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+                out = model.generate(**enc, max_new_tokens=4, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                times.append(time.perf_counter() - t)
+                answers.append("Yes" if text.strip().lower().startswith("yes") else
+                               "No" if text.strip().lower().startswith("no") else None)
+        ours = np.where(p_yes[:n_gen] >= 0.5, "Yes", "No")
+        parsed = [a is not None for a in answers]
+        agree = float(np.mean([a == b for a, b in zip(answers, ours, strict=True)]))
+        seed = {"rows_per_second": spread([1 / x for x in times[1:]]), "rows": n_gen,
+                "parsed_share": float(np.mean(parsed))}
+    return {"adapter": origin, "project": project, "seed": seed, "label_agreement": agree,
+            "peak_rss_gib": peak_rss_gib(), "project_p_yes_mean": float(p_yes.mean())}
+
+
+def part_statements(quick: bool) -> dict[str, Any]:
+    if not KAGGLE.is_file():
+        return {"skipped": f"{KAGGLE} not found (the full Kaggle file lives in ../shared/data)"}
+    from clinlm.noshow.download import read_csv, validate
+    from clinlm.noshow.statements import build_statements
+
+    t = time.perf_counter()
+    raw = read_csv(KAGGLE)
+    read_s = time.perf_counter() - t
+    t = time.perf_counter()
+    clean, _ = validate(raw, KAGGLE)
+    validate_s = time.perf_counter() - t
+    secs = []
+    for _ in range(1 if quick else REPS):
+        t = time.perf_counter()
+        table = build_statements(clean)
+        secs.append(time.perf_counter() - t)
+    return {"rows": len(table), "raw_rows": len(raw), "seconds": spread(secs),
+            "rows_per_second": len(table) / statistics.median(secs),
+            "read_seconds": read_s, "validate_seconds": validate_s}
+
+
+PARTS = {"ceiling": part_ceiling, "train_project": lambda q: part_train(q, "project"),
+         "train_project_dropout": lambda q: part_train(q, "project_dropout"),
+         "train_seed": lambda q: part_train(q, "seed"), "predict": part_predict,
+         "statements": part_statements}
+
+
+# ---- orchestration ------------------------------------------------------------------------
+
+
+def run_part(name: str, quick: bool) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, __file__, "--part", name, "--json", f.name] + (["--quick"] if quick else [])
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        res = json.loads(Path(f.name).read_text())
+    res["part_seconds"] = round(time.perf_counter() - t, 1)
+    print(f"[bench] {name}: {res['part_seconds']} s", flush=True)
+    return res
+
+
+def summarize(parts: dict[str, dict[str, Any]], matmul_n: int) -> dict[str, Any]:
+    c, tp, ts = parts["ceiling"], parts["train_project"], parts["train_seed"]
+    pr, st = parts["predict"], parts["statements"]
+    fp32, bf16 = c["float32_gflops"]["median"], c["bfloat16_gflops"]["median"]
+    best = max(fp32, bf16)
+    tok_s = tp["tokens_per_second"]["median"]
+    train_flops = 4 * matmul_n * tok_s / 1e9  # LoRA, frozen base: fwd 2 + input-grad 2
+    pred_tok_s = pr["project"]["rows_per_second"]["median"] * tp["tokens_per_step"] / BATCH
+    return {
+        "train_speedup": tok_s / ts["tokens_per_second"]["median"],
+        "train_answer_tokens_speedup": (tp["answer_tokens_per_second"]["median"]
+                                        / ts["answer_tokens_per_second"]["median"]),
+        "train_tokens_per_second": tok_s,
+        "seed_train_tokens_per_second": ts["tokens_per_second"]["median"],
+        "train_mfu": train_flops / best,
+        "train_mfu_vs_bf16_ceiling": train_flops / bf16,
+        "train_gflops": train_flops,
+        "predict_speedup": (pr["project"]["rows_per_second"]["median"]
+                            / pr["seed"]["rows_per_second"]["median"]),
+        "predict_rows_per_second": pr["project"]["rows_per_second"]["median"],
+        "seed_predict_rows_per_second": pr["seed"]["rows_per_second"]["median"],
+        "predict_mfu": 2 * matmul_n * pred_tok_s / 1e9 / best,
+        "predict_label_agreement": pr["label_agreement"],
+        "statements_seconds": st["seconds"]["median"] if "seconds" in st else None,
+        "train_peak_rss_gib": tp["peak_rss_gib"],
+        "fp32_gflops": fp32, "bf16_gflops": bf16, "matmul_parameters": matmul_n,
+    }
+
+
+def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
+    def sp(d: dict[str, float], fmt: str = ".1f") -> str:
+        return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}}, n={d['n']})"
+
+    c, tp, td, ts, pr, st = (parts[k] for k in ("ceiling", "train_project", "train_project_dropout",
+                                               "train_seed", "predict", "statements"))
+    lines = [
+        "# Benchmarks", "",
+        "Produced by `make bench` (`bench/bench.py`); raw figures in `bench/results.json`.",
+        "Model: SmolLM2-135M-Instruct (embedded), 4-bit NF4 base (fp32 compute), LoRA r 16 /",
+        f"alpha 32 on all projections, batch {BATCH}, synthetic no-show statements.",
+        "Figures: median (min–max, n repetitions).", "",
+        "## Ceiling (this machine)", "",
+        "| dtype | matmul GFLOP/s |", "|---|---|",
+        f"| float32 | {sp(c['float32_gflops'])} |", f"| bfloat16 | {sp(c['bfloat16_gflops'])} |", "",
+        "## Training", "",
+        "| recipe | tokens/s | answer tokens/s | s/step | peak RSS GiB |", "|---|---|---|---|---|",
+    ]
+    for name, r in (("project (train stage)", tp), ("project, LoRA dropout 0.05", td),
+                    ("seed-style TRL defaults", ts)):
+        lines.append(f"| {name} | {sp(r['tokens_per_second'])} | "
+                     f"{sp(r['answer_tokens_per_second'], '.2f')} | {sp(r['step_seconds'], '.2f')} | "
+                     f"{r['peak_rss_gib']:.2f} |")
+    lines += [
+        "", f"Speed-up (tokens/s): **{s['train_speedup']:.1f}x**. "
+        f"Model FLOPs utilisation: {s['train_gflops']:.0f} GFLOP/s = "
+        f"**{100 * s['train_mfu']:.0f} %** of the best measured matmul rate "
+        f"({100 * s['train_mfu_vs_bf16_ceiling']:.0f} % of the bf16 rate).", "",
+        "## Prediction", "",
+        "| path | rows/s |", "|---|---|",
+        f"| project (predict stage) | {sp(pr['project']['rows_per_second'], '.2f')} |",
+        f"| seed-style generate() per row | {sp(pr['seed']['rows_per_second'], '.2f')} |", "",
+        f"Speed-up: **{s['predict_speedup']:.1f}x**; label agreement "
+        f"{100 * s['predict_label_agreement']:.0f} % over {pr['seed']['rows']} rows "
+        f"(adapter: {pr['adapter']}); prediction MFU {100 * s['predict_mfu']:.0f} %.", "",
+        "## Data stages", "",
+    ]
+    if "seconds" in st:
+        lines.append(f"Statements for {st['rows']:,} Kaggle rows: {sp(st['seconds'], '.2f')} s "
+                     f"({st['rows_per_second']:,.0f} rows/s; reading the zip "
+                     f"{st['read_seconds']:.1f} s, validation {st['validate_seconds']:.1f} s).")
+    else:
+        lines.append(f"Skipped: {st['skipped']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=sorted(PARTS))
+    ap.add_argument("--json", help="(internal) where a --part writes its result")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (for a smoke test)")
+    ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
+    ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    if args.part:
+        res = PARTS[args.part](args.quick)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        return
+    if not (BASE / "config.json").is_file():
+        subprocess.run(["dvc", "repro", "base_model"], check=True, cwd=ROOT)
+    parts = {name: run_part(name, args.quick) for name in PARTS}
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(BASE)
+    layer = (4 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads
+                                                      / cfg.num_attention_heads) / 2
+             + 3 * cfg.hidden_size * cfg.intermediate_size)
+    matmul_n = int(layer * cfg.num_hidden_layers)
+    summary = summarize(parts, matmul_n)
+    from clinlm.io import atomic_path, write_json
+    write_json(Path(args.out) / "results.json", {**summary, "parts": parts})
+    md = markdown(summary, parts)
+    with atomic_path(args.markdown) as tmp:
+        tmp.write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
