@@ -42,10 +42,12 @@ def repo(tmp_path_factory) -> Path:
     shutil.rmtree(dst / "metrics", ignore_errors=True)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=400)
-    m = params["models"]["smollm2-sft"]
-    m["max_train_rows"] = 16
-    m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
-    params["runs"] = {k: v for k, v in params["runs"].items() if v["task"] == "noshow"}
+    params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=60)
+    params["tasks"]["vascular_age"]["images"].update(width_px=192, height_px=128)
+    for name in ("smollm2-sft", "smollm2-head"):  # every default run, on a few rows
+        m = params["models"][name]
+        m["max_train_rows"] = 16
+        m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
@@ -67,6 +69,27 @@ def test_metrics_written(repo):
     assert "smollm2-sft" in summary and "gbdt" in summary
     assert (repo / "metrics/noshow/plots/gbdt/roc.json").exists()
     assert (repo / "metrics/noshow/train/smollm2-sft/train_info.json").exists()
+
+
+def test_vascular_age_metrics_and_images(repo):
+    """The regression task runs through the same stages: metrics keys, plots, PNGs, summary."""
+    split = json.loads((repo / "data/processed/vascular_age/split.json").read_text())
+    assert split["noise_floor_mae"] > 0 and 18 < split["train_mean"] < 110
+    for model in ("smollm2-sft", "smollm2-head", "gbdt"):
+        m = json.loads((repo / "metrics" / "vascular_age" / f"{model}.json").read_text())
+        for key in ("mae", "rmse", "r2", "pearson_r", "bias", "within_5y", "coverage_90",
+                    "n_train", "n_test", "data_source", "method", "mean_predictor_mae",
+                    "noise_floor_mae"):
+            assert key in m, (model, key)
+        assert m["n_test"] == split["n_test"] and m["mae"] > 0
+        for plot in ("scatter", "bland_altman"):
+            assert (repo / f"metrics/vascular_age/plots/{model}/{plot}.json").exists()
+    sft = json.loads((repo / "metrics/vascular_age/smollm2-sft.json").read_text())
+    assert 0 <= sft["coverage_90"] <= 1  # the digit distribution gives an interval
+    summary = (repo / "metrics" / "summary.md").read_text()
+    assert "## noshow" in summary and "## vascular_age" in summary and "smollm2-head" in summary
+    images = list((repo / "data/interim/vascular_age/images").glob("*.png"))
+    assert len(images) == 60
 
 
 def test_status_clean_and_lora_change_reruns_train_only(repo):
