@@ -369,6 +369,47 @@ def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
                      f"{st['read_seconds']:.1f} s, validation {st['validate_seconds']:.1f} s).")
     else:
         lines.append(f"Skipped: {st['skipped']}")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    stm = s["statements_seconds"]
+    lines += [
+        "", "## Targets (issue 5) on this CPU", "",
+        "| target | measured | |", "|---|---|---|",
+        f"| training ≥ 4x seed-style tokens/s | {s['train_speedup']:.1f}x | "
+        f"{verdict(s['train_speedup'] >= 4)} |",
+        f"| training ≥ 40 % of the bf16 matmul ceiling | {100 * s['train_mfu_vs_bf16_ceiling']:.0f} % "
+        f"(and {100 * s['train_mfu']:.0f} % of the fp32 rate) | "
+        f"{verdict(s['train_mfu_vs_bf16_ceiling'] >= 0.4)} |",
+        f"| prediction ≥ 10x the per-row generate() loop | {s['predict_speedup']:.1f}x | "
+        f"{verdict(s['predict_speedup'] >= 10)} |",
+        f"| statements for the Kaggle file ≤ 5 s | "
+        f"{'n/a' if stm is None else f'{stm:.2f} s'} | {verdict(stm is not None and stm <= 5)} |",
+        f"| train stage peak RSS ≤ 4 GiB | {s['train_peak_rss_gib']:.2f} GiB | "
+        f"{verdict(s['train_peak_rss_gib'] <= 4)} |",
+        "",
+        "What limits prediction: the batched path already runs at "
+        f"{100 * s['predict_mfu']:.0f} % of the fp32 matmul rate (2 x parameters x prompt "
+        "tokens), so it can get at most ~"
+        f"{1 / max(s['predict_mfu'], 1e-9):.1f}x faster on this CPU. The per-row loop is not "
+        f"idle either: it reaches {100 * s['predict_mfu'] / s['predict_speedup']:.0f} % of "
+        "that rate, since one ~106-token prompt already fills 2 cores. So no exact method "
+        "gives 10x over it here. The only remaining savings are fewer tokens, and the shared "
+        "prefix cache already skips the ~30 system-prompt tokens. On a GPU, where one row "
+        "leaves the device idle, batching is where the 10x comes from.",
+        "",
+        "bf16: this CPU has no AVX512-BF16/AMX, so bf16 matmuls are emulated (see the ceiling "
+        "table). The project trains in fp32 here, where the bf16-ceiling target is trivially "
+        "exceeded; the meaningful figure is the share of the fp32 rate.",
+        "",
+        "## GPU (Llama-3.1-8B architecture, QLoRA)", "",
+        "Not measured yet: no GPU was lent to the sessions so far. `python bench/gpu_bench.py "
+        "--out DIR` builds Llama-3.1-8B's published config with random weights and trains it "
+        "through the same code with the `llama31-8b-sft` preset. It measures the project path "
+        "against TRL defaults (tokens/s, answer tokens/s, peak GPU memory), then batched "
+        "prediction (merged bf16) against per-row generate().",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -379,7 +420,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (for a smoke test)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite BENCHMARKS.md from an existing results.json (no measuring)")
     args = ap.parse_args()
+    if args.render:
+        res = json.loads((Path(args.out) / "results.json").read_text())
+        parts = res.pop("parts")
+        Path(args.markdown).write_text(markdown(res, parts))
+        return
     if args.part:
         res = PARTS[args.part](args.quick)
         Path(args.json).write_text(json.dumps(res, indent=2))
