@@ -127,18 +127,15 @@ def part_ceiling(quick: bool) -> dict[str, Any]:
 
 
 def _train_project(df, cfg, steps: int, out_dir: Path) -> dict[str, Any]:
-    from clinlm import hf
     from clinlm.methods.base import Run
-    from clinlm.methods.sft import SFTMethod, tokenize_for_sft
+    from clinlm.methods.sft import SFTMethod
 
     timer = StepTimer()
     run = Run("noshow", "classification", "bench", cfg, out_dir, out_dir, seed=42,
               task_cfg=task_cfg())
     info = SFTMethod().train(run, df, extra_callbacks=[timer.callback])
-    tok = hf.load_tokenizer(cfg["base"], padding_side="right")
-    data = tokenize_for_sft(tok, df, task_cfg(), "classification")
-    return {"step_seconds": timer.steps, "tokens": sum(map(len, data["input_ids"])),
-            "answer_tokens": sum(map(sum, data["completion_mask"])),
+    return {"step_seconds": timer.steps, "tokens": info["tokens"],
+            "answer_tokens": info["answer_tokens"],
             "trainable_parameters": info["trainable_parameters"]}
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from clinlm.scoring import select_cache
 
@@ -194,23 +193,13 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
         out = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         return out.reshape(*h.shape[:-1], len(alphabet))
 
-    enc = tok(prompts, add_special_tokens=False, truncation=True,
-              max_length=scorer.max_length)["input_ids"]
-    order = np.argsort([len(e) for e in enc], kind="stable")
     dev = next(scorer.model.parameters()).device
     nodes = pre.all[1:]
     node_tok = torch.tensor([dig[p[-1]] for p in nodes], device=dev)
     node_depth = torch.tensor([len(p) - 1 for p in nodes], device=dev)
     anc = torch.from_numpy(pre.anc).to(dev)
     with torch.inference_mode():
-        for start in tqdm(range(0, n, scorer.batch_size), desc=desc, unit="batch"):
-            idx = order[start:start + scorer.batch_size]
-            batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-            mask = batch["attention_mask"].to(dev)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            with scorer._autocast():
-                res = scorer.decoder(input_ids=batch["input_ids"].to(dev), attention_mask=mask,
-                                     position_ids=pos, use_cache=True)
+        for idx, res, mask in scorer.prompt_batches(prompts, desc, keep_cache=True):
             cache = res.past_key_values
             logp[idx, pre.index[""]] = log_softmax(res.last_hidden_state[:, -1])
             n_real = mask.sum(-1)  # real prompt tokens per row = the first digit's position

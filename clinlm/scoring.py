@@ -85,14 +85,20 @@ class AnswerScorer:
         dev = next(self.model.parameters()).device.type
         return torch.autocast(dev, dtype=self.autocast_dtype)
 
-    def last_hidden(self, prompts: list[str], desc: str = "scoring") -> np.ndarray:
-        """Final hidden state at the last prompt token, (n_prompts, hidden) float32.
+    def prompt_batches(self, prompts: list[str], desc: str = "scoring", keep_cache: bool = False):
+        """Run every prompt once; yield ``(idx, out, mask)`` per batch.
 
-        Prompts are sorted by length so batches carry little padding; the output is in the
-        input order. Left padding + explicit position ids make a padded row compute exactly
-        what it would alone. With ``prefix_cache`` the token prefix every prompt shares (the
-        system prompt and chat header) runs once; its KV cache is reused by every batch,
-        which then runs only the rows' own tokens (padding sits between prefix and row).
+        ``idx``: the batch's rows (indices into ``prompts``); ``out``: the decoder output
+        (``last_hidden_state[:, -1]`` is each row's last prompt token; ``past_key_values``
+        its KV cache when ``keep_cache``); ``mask``: the attention mask over that cache's
+        positions, so ``mask.sum(-1)`` is each row's real token count.
+
+        Prompts are sorted by length so batches carry little padding. Left padding +
+        explicit position ids make a padded row compute exactly what it would alone. With
+        ``prefix_cache`` the token prefix every prompt shares (the system prompt and chat
+        header) runs once; its KV cache is reused by every batch, which then runs only the
+        rows' own tokens (padding sits between prefix and row). The inference mode and
+        autocast stay on while the consumer handles a batch.
         """
         import torch
 
@@ -100,7 +106,6 @@ class AnswerScorer:
                        max_length=self.max_length)["input_ids"]
         n_pre = shared_prefix_length(enc) if self.prefix_cache else 0
         order = np.argsort([len(e) for e in enc], kind="stable")
-        out = np.zeros((len(prompts), self.lm_head.weight.shape[1]), dtype=np.float32)
         dev = next(self.model.parameters()).device
         with torch.inference_mode(), self._autocast():
             prefix = None
@@ -117,10 +122,17 @@ class AnswerScorer:
                 if prefix is not None:
                     kw["past_key_values"] = select_cache(prefix, [0] * len(idx))
                     mask = torch.cat([mask.new_ones(len(idx), n_pre), mask], dim=1)
-                h = self.decoder(input_ids=batch["input_ids"].to(dev), attention_mask=mask,
-                                 position_ids=pos, use_cache=prefix is not None,
-                                 **kw).last_hidden_state[:, -1]
-                out[idx] = h.float().cpu().numpy()
+                out = self.decoder(input_ids=batch["input_ids"].to(dev), attention_mask=mask,
+                                   position_ids=pos, use_cache=prefix is not None or keep_cache,
+                                   **kw)
+                yield idx, out, mask
+
+    def last_hidden(self, prompts: list[str], desc: str = "scoring") -> np.ndarray:
+        """Final hidden state at the last prompt token, (n_prompts, hidden) float32, in the
+        input order (see :meth:`prompt_batches`)."""
+        out = np.zeros((len(prompts), self.lm_head.weight.shape[1]), dtype=np.float32)
+        for idx, res, _ in self.prompt_batches(prompts, desc):
+            out[idx] = res.last_hidden_state[:, -1].float().cpu().numpy()
         return out
 
     def token_logits(self, hidden: np.ndarray, token_ids: list[int]) -> np.ndarray:
