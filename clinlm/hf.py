@@ -69,13 +69,16 @@ def training_callbacks(training_kwargs: dict[str, Any], log_dir: str | None) -> 
     """
     report = training_kwargs.get("report_to", "none")
     report = [report] if isinstance(report, str) else list(report)
-    if "dvclive" not in report or log_dir is None:
+    if "dvclive" not in report:
+        return []
+    # without a log_dir (benchmarks, learning curves) no curves at all: the stock
+    # integration would write ./dvclive and ask for a git commit
+    training_kwargs["report_to"] = [r for r in report if r != "dvclive"] or "none"
+    if log_dir is None:
         return []
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    rest = [r for r in report if r != "dvclive"]
-    training_kwargs["report_to"] = rest or "none"
     return [DVCLiveCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]
 
 

@@ -160,3 +160,18 @@ def test_prefix_cache_scores_like_full_prompts(tiny_llama):
     for bs in (1, 3):
         got = AnswerScorer(model, tok, batch_size=bs, autocast_dtype=None).last_hidden(prompts)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_dvclive_without_log_dir_reports_nothing(tmp_path, monkeypatch):
+    """Scratch trainings (benchmark, learning curve) must not fall back to ./dvclive."""
+    from clinlm.hf import training_callbacks
+
+    monkeypatch.chdir(tmp_path)
+    kw = {"report_to": "dvclive"}
+    assert training_callbacks(kw, None) == [] and kw["report_to"] == "none"
+    kw = {"report_to": ["dvclive", "wandb"]}
+    assert training_callbacks(kw, None) == [] and kw["report_to"] == ["wandb"]
+    kw = {"report_to": "dvclive"}
+    (cb,) = training_callbacks(kw, str(tmp_path / "curves"))
+    assert kw["report_to"] == "none" and type(cb).__name__ == "DVCLiveCallback"
+    assert not (tmp_path / "dvclive").exists()
