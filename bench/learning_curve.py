@@ -11,8 +11,9 @@ of the LLM), e.g. after `dvc repro` on the real Kaggle file (README "Real Kaggle
   in larger ones), saved in a scratch folder and scored on the same fixed, seeded,
   stratified subsample of the TEST split (``--eval-rows``; scoring all ~22,100 test rows
   takes ~1 h per point on 2 CPU cores).
-* The pipeline's own model (``data/predictions/<task>/<model>.csv``) is added as a point,
-  read from its predictions restricted to the same evaluation rows: no extra scoring.
+* The pipeline's own trained model (``data/models/<task>/<model>``) is added as a point: read
+  from its predictions (``data/predictions/<task>/<model>.csv``) restricted to the same
+  evaluation rows, or, when predict has not run, scored on those rows.
 * The baseline (the run's task with ``models.gbdt``) is trained on the same ``n`` rows and on
   the whole training split, and scored on the same evaluation rows.
 
@@ -59,7 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="runs.<name> of the LLM (classification task)")
     ap.add_argument("--baseline", default="gbdt", help="models.<name> of the baseline")
-    ap.add_argument("--rows", type=int, nargs="+", required=True, help="training-set sizes")
+    ap.add_argument("--rows", type=int, nargs="*", default=[],
+                    help="training-set sizes to fine-tune (besides the pipeline's own model)")
     ap.add_argument("--eval-rows", type=int, default=2000, help="test rows scored per point")
     ap.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = ap.parse_args()
@@ -92,14 +94,17 @@ def main() -> None:
         # the pipeline's own LLM run, if it has predictions
         pred_path = predictions_path(run.task, run.model)
         info_path = run.model_dir / "train_info.json"
-        if pred_path.exists() and info_path.exists():
-            pred = pd.read_csv(pred_path, dtype={"id": str}).set_index("id")
-            pred = pred.loc[evald["id"].astype(str)].reset_index()
-            m, _ = classification_metrics(pred)
+        if info_path.exists():
             info = json.loads(info_path.read_text())
-            add(run.model, int(info["n_train"]), {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"],
-                                                  "brier": m["brier"],
-                                                  "train_seconds": info.get("train_seconds")})
+            if pred_path.exists():  # scored already: read the evaluation rows' predictions
+                pred = pd.read_csv(pred_path, dtype={"id": str}).set_index("id")
+                pred = pred.loc[evald["id"].astype(str)].reset_index()
+                m, _ = classification_metrics(pred)
+                res = {k: m[k] for k in ("roc_auc", "pr_auc", "brier")}
+            else:  # trained, not scored: score the evaluation rows only
+                res = score(run, None, evald, threshold)
+            res["train_seconds"] = info.get("train_seconds")
+            add(run.model, int(info["n_train"]), res)
         done = {r["n_train"] for r in records if r["method"] == run.model}
         for n in sorted(set(args.rows) - done):
             lrun = copy.copy(run)
