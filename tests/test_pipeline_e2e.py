@@ -41,12 +41,12 @@ def repo(tmp_path_factory) -> Path:
         (dst / p).unlink(missing_ok=True)
     shutil.rmtree(dst / "metrics", ignore_errors=True)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=400)
-    params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=60)
+    params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=240)
+    params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=40)
     params["tasks"]["vascular_age"]["images"].update(width_px=192, height_px=128)
     for name in ("smollm2-sft", "smollm2-head"):  # every default run, on a few rows
         m = params["models"][name]
-        m["max_train_rows"] = 16
+        m["max_train_rows"] = 8
         m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dst)
@@ -62,9 +62,9 @@ def test_metrics_written(repo):
         for key in ("roc_auc", "pr_auc", "accuracy", "f1", "recall", "brier", "n_train",
                     "n_test", "data_source", "method"):
             assert key in m, key
-        assert m["data_source"] == "synthetic" and m["n_test"] > 50
+        assert m["data_source"] == "synthetic" and m["n_test"] > 30
         assert 0 <= m["roc_auc"] <= 1
-    assert json.loads((repo / "metrics/noshow/smollm2-sft.json").read_text())["n_train"] == 16
+    assert json.loads((repo / "metrics/noshow/smollm2-sft.json").read_text())["n_train"] == 8
     summary = (repo / "metrics" / "summary.md").read_text()
     assert "smollm2-sft" in summary and "gbdt" in summary
     assert (repo / "metrics/noshow/plots/gbdt/roc.json").exists()
@@ -89,7 +89,7 @@ def test_vascular_age_metrics_and_images(repo):
     summary = (repo / "metrics" / "summary.md").read_text()
     assert "## noshow" in summary and "## vascular_age" in summary and "smollm2-head" in summary
     images = list((repo / "data/interim/vascular_age/images").glob("*.png"))
-    assert len(images) == 60
+    assert len(images) == 40
 
 
 def test_status_clean_and_lora_change_reruns_train_only(repo):
