@@ -212,9 +212,9 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
                     see = torch.zeros(see.shape, device=dev).masked_fill(
                         ~see, torch.finfo(torch.float32).min)
                 with scorer._autocast():
-                    h = scorer.decoder(input_ids=node_tok.expand(b, -1), attention_mask=see,
-                                       position_ids=n_real[:, None] + node_depth,
-                                       past_key_values=cache, use_cache=True).last_hidden_state
+                    h = _step(scorer, None, input_ids=node_tok.expand(b, -1), attention_mask=see,
+                              position_ids=n_real[:, None] + node_depth,
+                              past_key_values=cache, use_cache=True).last_hidden_state
                 logp[idx[:, None], np.arange(1, len(pre.all))[None, :]] = log_softmax(h)
             else:
                 _levels(scorer, pre, dig, cache, mask, n_real, idx, logp, log_softmax,
@@ -230,6 +230,14 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
     total -= total.max(axis=1, keepdims=True)
     probs = np.exp(total)
     return values, probs / probs.sum(axis=1, keepdims=True)
+
+
+def _step(scorer: Any, rows: Any, **kw: Any) -> Any:
+    """One digit step on the prompts' KV cache; ``rows``: the batch rows it continues (None =
+    all). Scorers whose text steps need more than the cache (Idefics' image states) define
+    ``decode_step(rows, **kw)``; the rest run their decoder."""
+    step = getattr(scorer, "decode_step", None)
+    return step(rows, **kw) if step is not None else scorer.decoder(**kw)
 
 
 def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: Any, n_real: Any,
@@ -249,9 +257,9 @@ def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: 
             sub = select_cache(cache, rows)
             m = torch.cat([mask[rows], mask.new_ones(len(pair), k)], dim=1)
             with scorer._autocast():
-                h = scorer.decoder(input_ids=ptok[cols], attention_mask=m,
-                                   position_ids=n_real[rows, None] + steps,
-                                   past_key_values=sub, use_cache=True).last_hidden_state[:, -1]
+                h = _step(scorer, rows, input_ids=ptok[cols], attention_mask=m,
+                          position_ids=n_real[rows, None] + steps,
+                          past_key_values=sub, use_cache=True).last_hidden_state[:, -1]
             logp[idx[rows.cpu().numpy()], cols_all[cols.cpu().numpy()]] = log_softmax(h)
             del sub
 

@@ -47,8 +47,9 @@ METHOD_KEYS: dict[str, dict[str, Any]] = {
              "training": "training", "predict": dict, "class_weights": (str, None),
              "torch_threads": (int, None)},
     "vlm": {"base": str, "max_train_rows": (int, None), "bnb": "bnb", "lora": "lora",
-            "training": "training", "predict": dict, "image": dict, "prompt_template": str,
-            "architecture": dict, "torch_threads": (int, None)},
+            "training": "training", "predict": dict, "torch_threads": (int, None),
+            "image": {"augment": bool, "max_shift": NUM, "max_scale": NUM, "dir": (str, None)},
+            "prompt_template": (str, None), "ecg_text": bool},
     "cohere": {"base_model": str, "model_id": (str, None), "base_url": (str, None),
                "requests_per_minute": NUM, "max_concurrency": int, "max_retries": int,
                "backoff_base_s": NUM, "backoff_max_s": NUM, "timeout_s": NUM,
@@ -56,6 +57,16 @@ METHOD_KEYS: dict[str, dict[str, Any]] = {
                "temperature": NUM, "retry_failed": bool, "keep_partial": bool},
     "gbdt": {"hist_gbdt": dict},
 }
+
+
+# vision-language bases composed from a pretrained text model (clinlm.base_model.compose_idefics3)
+VLM_BASE_SCHEMA: dict[str, Any] = {"architecture": str, "text_model": str, "vision_config": dict,
+                                   "scale_factor": int, "dtype": str}
+
+
+def all_runs(params: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``runs`` and ``vlm_runs`` together (names are unique across both)."""
+    return {**params["runs"], **(params.get("vlm_runs") or {})}
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -87,14 +98,30 @@ def validate(params: dict[str, Any]) -> None:
             spec = allowed[key]
             if isinstance(spec, str):
                 validate_library_section(f"models.{name}.{key}", spec, value)
+            elif isinstance(spec, dict):
+                _check_section(f"models.{name}.{key}", value, spec)
             else:
                 _check_type(f"models.{name}.{key}", value, spec)
-    for run, spec in params["runs"].items():
-        _check_section(f"runs.{run}", spec, {"task": str, "model": str})
-        if spec.get("task") not in params["tasks"]:
-            raise ParamsError(f"runs.{run}.task: no task {spec.get('task')!r} in tasks")
-        if spec.get("model") not in params["models"]:
-            raise ParamsError(f"runs.{run}.model: no model {spec.get('model')!r} in models")
+    for section in ("runs", "vlm_runs"):
+        _check_type(section, params.get(section) or {}, dict)
+        for run, spec in (params.get(section) or {}).items():
+            _check_section(f"{section}.{run}", spec, {"task": str, "model": str})
+            if spec.get("task") not in params["tasks"]:
+                raise ParamsError(f"{section}.{run}.task: no task {spec.get('task')!r} in tasks")
+            if spec.get("model") not in params["models"]:
+                raise ParamsError(f"{section}.{run}.model: no model {spec.get('model')!r} in models")
+            is_vlm = params["models"][spec["model"]].get("method") == "vlm"
+            if is_vlm != (section == "vlm_runs"):
+                raise ParamsError(f"{section}.{run}: method vlm runs belong in vlm_runs (their "
+                                  "stages also depend on the ECG images), all others in runs")
+    both = set(params["runs"]) & set(params.get("vlm_runs") or {})
+    if both:
+        raise ParamsError(f"vlm_runs: names also in runs: {sorted(both)}")
+    for name, spec in (params.get("vlm_bases") or {}).items():
+        _check_section(f"vlm_bases.{name}", spec, VLM_BASE_SCHEMA)
+        if spec.get("text_model") not in (params.get("base_models") or {}):
+            raise ParamsError(f"vlm_bases.{name}.text_model: no base_models entry "
+                              f"{spec.get('text_model')!r}")
 
 
 def _check_section(prefix: str, section: Any, schema: dict[str, Any]) -> None:
@@ -198,8 +225,9 @@ def _type_name(ann: Any) -> str:
 
 
 def run_spec(params: dict[str, Any], run: str) -> tuple[str, dict, str, dict]:
-    """(task name, task section, model name, model section) for a ``runs`` entry."""
-    if run not in params["runs"]:
-        raise ParamsError(f"runs.{run}: no such run; known: {', '.join(params['runs'])}")
-    spec = params["runs"][run]
+    """(task name, task section, model name, model section) for a ``runs``/``vlm_runs`` entry."""
+    runs = all_runs(params)
+    if run not in runs:
+        raise ParamsError(f"runs.{run}: no such run in runs or vlm_runs; known: {', '.join(runs)}")
+    spec = runs[run]
     return spec["task"], params["tasks"][spec["task"]], spec["model"], params["models"][spec["model"]]

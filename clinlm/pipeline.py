@@ -74,6 +74,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def preflight(params: dict[str, Any]) -> None:
     """Check every run's method can work (API keys present, ...) before the first stage."""
     from clinlm.methods import get_method
-    for name in params["runs"]:
+    from clinlm.params import all_runs
+    for name in all_runs(params):
         run = make_run(name, params)
         get_method(run.cfg["method"]).check_ready(run)

@@ -4,7 +4,7 @@ import json
 import math
 
 from clinlm.io import atomic_path, write_json
-from clinlm.params import load_params
+from clinlm.params import all_runs, load_params
 from clinlm.pipeline import metrics_path, setup_logging
 
 COLUMNS = {
@@ -24,7 +24,7 @@ if __name__ == "__main__":
     setup_logging()
     params = load_params()
     summary: dict[str, dict] = {}
-    for spec in params["runs"].values():
+    for spec in all_runs(params).values():
         m = json.loads(metrics_path(spec["task"], spec["model"]).read_text())
         summary.setdefault(spec["task"], {})[spec["model"]] = m
     lines = ["# Model comparison", "",

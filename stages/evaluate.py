@@ -38,6 +38,9 @@ if __name__ == "__main__":
               "n_train": trained.get("n_train"), "train_seconds": trained.get("train_seconds"),
               "data_source": split["data_source"],
               "group_by_patient": split.get("group_by_patient")})
+    for key in ("pretrained_parts", "random_init_parts"):  # vlm: which weights were pretrained
+        if key in trained:
+            m[key] = trained[key]
     write_json(metrics_path(task, model), m)
     for name, frame in plots.items():
         write_json(plots_dir(task, model) / f"{name}.json",
