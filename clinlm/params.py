@@ -59,7 +59,7 @@ METHOD_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-# vision-language bases composed from a pretrained text model (clinlm.base_model.compose_idefics3)
+# vision-language bases composed from a pretrained text model (clinlm.vlm_base.compose_idefics3)
 VLM_BASE_SCHEMA: dict[str, Any] = {"architecture": str, "text_model": str, "vision_config": dict,
                                    "scale_factor": int, "dtype": str}
 

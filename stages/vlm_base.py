@@ -2,9 +2,9 @@
 
 import argparse
 
-from clinlm.base_model import compose_idefics3
 from clinlm.params import load_params
 from clinlm.pipeline import ROOT, setup_logging
+from clinlm.vlm_base import compose_idefics3
 
 if __name__ == "__main__":
     setup_logging()

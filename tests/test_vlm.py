@@ -26,7 +26,7 @@ TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
 
 @pytest.fixture(scope="session")
 def tiny_idefics3(tiny_llama, tmp_path_factory) -> Path:
-    from clinlm.base_model import compose_idefics3
+    from clinlm.vlm_base import compose_idefics3
 
     out = tmp_path_factory.mktemp("vlm") / "idefics3"
     compose_idefics3(tiny_llama, out, TINY_VISION, scale_factor=2, seed=0)

@@ -18,7 +18,7 @@ Model families (found from the base's ``config.model_type``):
   * everything ``AutoModelForImageTextToText`` loads (Idefics2, Idefics3, SmolVLM, ...): the
     image becomes tokens in the text (``<image>``), the processor expands them.
 The CPU default is ``data/models/base/smolvlm-ecg``, an Idefics3 model composed by the
-``vlm_base`` stage (``clinlm.base_model.compose_idefics3``): SmolLM2's pretrained weights as
+``vlm_base`` stage (``clinlm.vlm_base.compose_idefics3``): SmolLM2's pretrained weights as
 the language model, a small vision encoder + connector trained here from scratch.
 
 Training: bitsandbytes (``bnb``, e.g. 4-bit NF4 with ``llm_int8_skip_modules``), LoRA
