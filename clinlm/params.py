@@ -18,8 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 NUM = (int, float)
 ANY = object
 
@@ -70,9 +68,15 @@ def all_runs(params: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read and validate params.yaml; return it as a plain dict."""
-    with open(path) as f:
-        params = yaml.safe_load(f)
+    """Read and validate params.yaml; return it as a plain dict.
+
+    Read as YAML 1.2, like DVC reads it: ``dvc exp run -S`` rewrites the file and drops
+    quotes, and a bare ``save_strategy: no`` must stay the string "no" (YAML 1.1 -- PyYAML --
+    would turn it into False).
+    """
+    from ruamel.yaml import YAML
+
+    params = YAML(typ="safe", pure=True).load(Path(path).read_text())
     validate(params)
     return params
 

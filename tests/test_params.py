@@ -68,3 +68,16 @@ def test_yaml_round_trip(tmp_path, params):
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(params))
     assert load_params(f) == params
+
+
+def test_params_read_as_yaml_1_2_like_dvc(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml without quotes: `no` must stay a string."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(path), ["models.smollm2-sft.lora.r=32"])
+    assert "save_strategy: no\n" in path.read_text()  # the quotes are gone...
+    params = load_params(path)
+    assert params["models"]["smollm2-sft"]["training"]["save_strategy"] == "no"  # ...still "no"
+    assert params["models"]["smollm2-sft"]["lora"]["r"] == 32
