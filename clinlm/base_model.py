@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from clinlm.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,11 @@ def materialize(source: str, out_dir: str | Path, dtype: str = "float32") -> dic
     if not tok.chat_template:
         raise ValueError(f"{source}: the tokenizer has no chat template; sft needs one")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        tmp.chmod(0o755)
         info = {"source": source, "dtype": dtype, "architecture": type(model).__name__,
                 "n_parameters": int(sum(p.numel() for p in model.parameters())),
                 "vocab_size": int(model.config.vocab_size)}
         (tmp / "materialized.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return info

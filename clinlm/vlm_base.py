@@ -7,10 +7,10 @@ folder materialized by the ``base_model`` stage (e.g. SmolLM2-135M-Instruct).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from clinlm.io import atomic_dir
 
 IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
 
@@ -82,17 +82,8 @@ def compose_idefics3(text_dir: str | Path, out_dir: str | Path, vision_config: d
             "architecture": type(model).__name__, "dtype": dtype,
             "pretrained": ["text_model", "lm_head"], "random_init": ["vision_model", "connector"],
             "n_parameters": n, "image_size": size, "image_seq_len": image_seq_len, "seed": seed}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         proc.save_pretrained(tmp)
-        tmp.chmod(0o755)
         (tmp / "materialized.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return info

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from clinlm.metrics import classification_metrics, regression_metrics
 
@@ -39,3 +40,17 @@ def test_regression_metrics():
     assert m["coverage_90"] == 1.0 and math.isclose(m["pearson_r"], 1.0)
     assert math.isclose(m["mean_predictor_mae"], np.mean(np.abs(y - 50)))
     assert {"scatter", "bland_altman"} == set(plots)
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    from clinlm.io import atomic_dir
+
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (out / "weights").read_text() == "v1"
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("save failed")
+    assert (out / "weights").read_text() == "v1"  # the old folder survives
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left
