@@ -81,11 +81,15 @@ def main() -> None:
         records.append(rec)
         print(json.dumps(rec), flush=True)
 
-    # the baseline: same sizes + the whole training split
+    # the baseline: the same sizes (the pipeline model's too) + the whole training split
     base_cfg = copy.deepcopy(params["models"][args.baseline])
+    info_path = run.model_dir / "train_info.json"
+    sizes = set(args.rows) | {len(train)}
+    if info_path.exists():
+        sizes.add(int(json.loads(info_path.read_text())["n_train"]))
     scratch = Path(tempfile.mkdtemp(prefix="lc-", dir=ROOT / "data"))
     try:
-        for n in sorted(set(args.rows) | {len(train)}):
+        for n in sorted(sizes):
             brun = copy.copy(run)
             brun.model, brun.cfg, brun.log_dir = args.baseline, base_cfg, None
             brun.model_dir = scratch / f"{args.baseline}-{n}"
@@ -93,7 +97,6 @@ def main() -> None:
                                         evald, threshold))
         # the pipeline's own LLM run, if it has predictions
         pred_path = predictions_path(run.task, run.model)
-        info_path = run.model_dir / "train_info.json"
         if info_path.exists():
             info = json.loads(info_path.read_text())
             if pred_path.exists():  # scored already: read the evaluation rows' predictions
