@@ -181,15 +181,17 @@ def _trainer_class():
     return VLMTrainer
 
 
-def load_vlm(base: str | Path, bnb: dict[str, Any] | None, dtype: str | None) -> tuple[Any, Any, str]:
-    """(model, processor, family) for a VLM folder or hub id (bnb/dtype as in params)."""
+def load_vlm(base: str | Path, bnb: dict[str, Any] | None, dtype: str | None,
+             processor_dir: str | Path | None = None) -> tuple[Any, Any, str]:
+    """(model, processor, family) for a VLM folder or hub id (bnb/dtype as in params); the
+    processor comes from ``processor_dir`` when given (a trained run's folder)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, IdeficsForVisionText2Text
 
     family = vlm_family(base)
     cls = IdeficsForVisionText2Text if family == "idefics" else AutoModelForImageTextToText
     model = cls.from_pretrained(str(base), **hf.model_load_kwargs(bnb, dtype))
     model.config.use_cache = False
-    proc = AutoProcessor.from_pretrained(str(base))
+    proc = AutoProcessor.from_pretrained(str(processor_dir or base))
     if proc.tokenizer.pad_token is None:
         proc.tokenizer.pad_token = proc.tokenizer.eos_token
     return model, proc, family
@@ -334,7 +336,8 @@ class VLMMethod(Method):
 
         cfg, pcfg = run.cfg, run.cfg.get("predict") or {}
         hf.set_threads(cfg.get("torch_threads"))
-        model, _, family = load_vlm(cfg["base"], cfg.get("bnb"), pcfg.get("dtype"))
+        model, proc, family = load_vlm(cfg["base"], cfg.get("bnb"), pcfg.get("dtype"),
+                                       processor_dir=run.model_dir)
         if hf.build_bnb_config(cfg.get("bnb")) is not None:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         else:
@@ -342,10 +345,6 @@ class VLMMethod(Method):
         model = PeftModel.from_pretrained(model, str(run.model_dir))
         if pcfg.get("merge_adapter", True):
             model = hf.merge_lora_dequantized(model, pcfg.get("dtype"))
-        from transformers import AutoProcessor
-        proc = AutoProcessor.from_pretrained(str(run.model_dir))
-        if proc.tokenizer.pad_token is None:
-            proc.tokenizer.pad_token = proc.tokenizer.eos_token
         return VLMScorer(model.eval(), proc, family, int(pcfg.get("batch_size", 8)),
                          pcfg.get("autocast_dtype"))
 
