@@ -7,14 +7,21 @@ like the fields they feed:
   * ``sft``      -> ``trl.SFTConfig`` fields that ``TrainingArguments`` does not have
   * ``training`` -> ``transformers.TrainingArguments`` fields
 Project sections (tasks, runs, method options) are checked against ``SCHEMA`` below.
+
+The library check imports transformers, peft and trl (about 12 s on 2 cores), so each stage
+checks only what it uses: data and evaluate stages check the project sections, and a train or
+predict stage checks its own model's library sections too (``pipeline.make_run``) before any
+work. ``python -m clinlm.params`` checks everything at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +74,12 @@ def all_runs(params: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {**params["runs"], **(params.get("vlm_runs") or {})}
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+def load_params(path: str | Path = "params.yaml",
+                library_models: Iterable[str] | None = ()) -> dict[str, Any]:
     """Read and validate params.yaml; return it as a plain dict.
+
+    ``library_models``: the models whose library sections (bnb, lora, sft, training) are also
+    checked against the libraries; ``()`` none (no heavy imports), ``None`` all of them.
 
     Read as YAML 1.2, like DVC reads it: ``dvc exp run -S`` rewrites the file and drops
     quotes, and a bare ``save_strategy: no`` must stay the string "no" (YAML 1.1 -- PyYAML --
@@ -77,12 +88,13 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     from ruamel.yaml import YAML
 
     params = YAML(typ="safe", pure=True).load(Path(path).read_text())
-    validate(params)
+    validate(params, library_models)
     return params
 
 
-def validate(params: dict[str, Any]) -> None:
-    """Check the project sections; library sections of used models are checked lazily."""
+def validate(params: dict[str, Any], library_models: Iterable[str] | None = None) -> None:
+    """Check every section; library sections only of ``library_models`` (``None``: all)."""
+    check_libraries = None if library_models is None else set(library_models)
     for key in ("seed", "tasks", "models", "runs"):
         if key not in params:
             raise ParamsError(f"params.yaml: missing top-level key {key!r}")
@@ -101,7 +113,8 @@ def validate(params: dict[str, Any]) -> None:
                                   f"allowed: {', '.join(sorted(allowed))}")
             spec = allowed[key]
             if isinstance(spec, str):
-                validate_library_section(f"models.{name}.{key}", spec, value)
+                if check_libraries is None or name in check_libraries:
+                    validate_library_section(f"models.{name}.{key}", spec, value)
             elif isinstance(spec, dict):
                 _check_section(f"models.{name}.{key}", value, spec)
             else:
@@ -157,6 +170,7 @@ def _check_type(key: str, value: Any, spec: Any) -> None:
 
 # ---- library sections: fields and their annotations come from the library classes ----
 
+@functools.cache
 def _library_fields(kind: str) -> dict[str, Any]:
     if kind == "bnb":
         from transformers import BitsAndBytesConfig
@@ -235,3 +249,10 @@ def run_spec(params: dict[str, Any], run: str) -> tuple[str, dict, str, dict]:
         raise ParamsError(f"runs.{run}: no such run in runs or vlm_runs; known: {', '.join(runs)}")
     spec = runs[run]
     return spec["task"], params["tasks"][spec["task"]], spec["model"], params["models"][spec["model"]]
+
+
+if __name__ == "__main__":  # python -m clinlm.params [params.yaml]: check every section
+    import sys
+
+    load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml", library_models=None)
+    print("params ok")

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def params():
-    return load_params(ROOT / "params.yaml")
+    return load_params(ROOT / "params.yaml", library_models=None)  # every section, libraries too
 
 
 def test_repo_params_are_valid(params):
@@ -40,6 +40,26 @@ def test_bad_values_name_the_key(params, path, value, needle):
     node[path[-1]] = value
     with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):
         validate(p)
+
+
+def test_stages_check_only_their_own_model_against_the_libraries(params):
+    """Data/evaluate stages skip the 12-s library import; train/predict check their model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from clinlm.params import load_params; load_params('params.yaml'); "
+            "print(sorted(m for m in ('transformers', 'peft', 'trl', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    from clinlm.pipeline import make_run
+    p = copy.deepcopy(params)
+    p["models"]["smollm2-sft"]["lora"]["rank"] = 8
+    assert make_run("noshow-gbdt", p).model == "gbdt"  # another model's typo does not stop it
+    with pytest.raises(ParamsError, match=r"models\.smollm2-sft\.lora\.rank"):
+        make_run("noshow-smollm2-sft", p)
+    with pytest.raises(ParamsError, match=r"models\.smollm2-sft\.lora\.rank"):
+        validate(p)  # the full check (python -m clinlm.params) sees every model
 
 
 def test_unknown_run_model(params):
