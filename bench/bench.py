@@ -323,10 +323,12 @@ def summarize(parts: dict[str, dict[str, Any]], matmul_n: int) -> dict[str, Any]
     }
 
 
-def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
-    def sp(d: dict[str, float], fmt: str = ".1f") -> str:
-        return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}}, n={d['n']})"
+def sp(d: dict[str, float], fmt: str = ".1f") -> str:
+    """A spread as ``median (min–max, n=k)``."""
+    return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}}, n={d['n']})"
 
+
+def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
     c, tp, td, ts, pr, st = (parts[k] for k in ("ceiling", "train_project", "train_project_dropout",
                                                "train_seed", "predict", "statements"))
     lines = [
@@ -400,14 +402,83 @@ def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
         "table). The project trains in fp32 here, where the bf16-ceiling target is trivially "
         "exceeded; the meaningful figure is the share of the fp32 rate.",
         "",
-        "## GPU (Llama-3.1-8B architecture, QLoRA)", "",
-        "Not measured yet: no GPU was lent to the sessions so far. `python bench/gpu_bench.py "
-        "--out DIR` builds Llama-3.1-8B's published config with random weights and trains it "
-        "through the same code with the `llama31-8b-sft` preset. It measures the project path "
-        "against TRL defaults (tokens/s, answer tokens/s, peak GPU memory), then batched "
-        "prediction (merged bf16) against per-row generate().",
     ]
+    lines += gpu_section(ROOT / "bench/gpu_results.json")
     return "\n".join(lines) + "\n"
+
+
+def gpu_section(path: Path) -> list[str]:
+    """The GPU part of BENCHMARKS.md, from ``bench/gpu_results.json`` (``bench/gpu_bench.py``
+    on a lent GPU; it cannot be rerun by ``make bench`` on a CPU machine)."""
+    head = ["## GPU (Llama-3.1-8B architecture, QLoRA)", ""]
+    if not path.is_file():
+        return head + [
+            "Not measured: `python bench/gpu_bench.py --out DIR` on a CUDA machine builds "
+            "Llama-3.1-8B's published config with random weights and trains it through the same "
+            "code with the `llama31-8b-sft` preset; copy its `gpu_results.json` here."]
+    g = json.loads(path.read_text())
+    runs = g["runs"]
+
+    def med(rec: dict, key: str, fmt: str = ",.0f") -> str:
+        return format(rec[key]["median"], fmt)
+
+    def mem(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1f}"
+
+    lines = head + [
+        f"Measured {g['date']} on one {g['device']}; "
+        + ", ".join(f"{k} {v}" for k, v in g["software"].items()) + ".",
+        "Random weights in Llama-3.1-8B's published config (throughput does not depend on their "
+        "values), loaded through the project's own loading code as NF4 + double quant, bf16 "
+        "compute; LoRA r 16 on all projections; the `llama31-8b-sft` preset (batch 8 x "
+        "accumulation 4, paged 8-bit AdamW, gradient checkpointing); synthetic no-show "
+        f"statements (~109 tokens). Command: `{g['command']}`. Dense bf16 matmul rate measured "
+        f"in the same run: {', '.join(med(r, 'bf16_tflops') for r in runs)} TFLOP/s.", "",
+        "| run | recipe | tokens/s | s/step (32 rows) | peak GPU GiB | MFU |",
+        "|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs, 1):
+        for name, key in (("project (train stage)", "project"), ("seed-style TRL defaults", "seed")):
+            x = r[key]
+            mfu = 4 * r["matmul_params"] * x["tokens_per_second"]["median"] / (
+                r["bf16_tflops"]["median"] * 1e12)
+            lines.append(f"| {i} | {name} | {sp(x['tokens_per_second'])} | "
+                         f"{sp(x['step_seconds'], '.2f')} | {mem(x.get('peak_gpu_memory_gib'))} | "
+                         f"{100 * mfu:.1f} % |")
+    sw = g["batch_sweep"]
+    lines += ["", "Same 32 rows per optimizer step, as one micro-batch (project path; "
+              f"`{sw['command']}`):", "",
+              "| settings | tokens/s | s/step | peak GPU GiB | MFU |", "|---|---|---|---|---|"]
+    for x in sw["results"]:
+        o = ", ".join(f"{k}={v}" for k, v in x["training_overrides"].items())
+        mfu = 4 * runs[-1]["matmul_params"] * x["tokens_per_second"]["median"] / (
+            runs[-1]["bf16_tflops"]["median"] * 1e12)
+        lines.append(f"| {o} | {sp(x['tokens_per_second'])} | {sp(x['step_seconds'], '.2f')} | "
+                     f"{mem(x['peak_gpu_memory_gib'])} | {100 * mfu:.1f} % |")
+    pred = [r["project"] for r in runs]
+    lines += ["", "| run | predict stage rows/s | per-row generate() rows/s | speed-up | "
+              "prediction peak GPU GiB |", "|---|---|---|---|---|"]
+    for i, x in enumerate(pred, 1):
+        gen = x["seed_generate_rows_per_second"]["median"]
+        lines.append(f"| {i} | {x['predict_rows_per_second']:.0f} | {gen:.2f} | "
+                     f"**{x['predict_rows_per_second'] / gen:.0f}x** | "
+                     f"{x['predict_peak_gpu_memory_gib']:.1f} |")
+    lines += [
+        "", "Reading: on the GPU the project's training path is as fast as TRL's defaults "
+        "(1.0–1.2x): at 8 rows of ~109 tokens per micro-batch the 8B model is bound by kernel "
+        "launches and 4-bit dequantization, not by matmuls (under 5 % of the bf16 rate), so "
+        "the CPU levers (answer-only logits, no checkpointing) hardly show. The lever here is "
+        "the micro-batch: 32 rows in one pass is 3.4x faster at 11 GiB, 4.5x without gradient "
+        "checkpointing at 53 GiB (`-S models.llama31-8b-sft.training.per_device_train_batch_size=32 "
+        "-S models.llama31-8b-sft.training.gradient_accumulation_steps=1`); the preset keeps the "
+        "seed's 8 x 4 (8.5 GiB peak). For comparison, a vendor guide "
+        "(gigagpu.com, 'Fine-tune LLaMA 3 8B with LoRA') lists ~10 GB at batch 1 and ~14 GB at "
+        "batch 4 for QLoRA r 16 on Llama-3-8B; the 8.5 GiB measured here at micro-batch 8 is "
+        "below that thanks to checkpointing. Prediction: batched scoring beats one generate() "
+        "per row by 42–109x (one timing of 512 rows per run, after a 64-row warm-up: the spread "
+        "between the two runs is the honest error bar); its 28 GiB peak is the "
+        "adapter merged into bf16 weights (`predict.merge_adapter`), which a 16 GB card would "
+        "run with `merge_adapter: false`."]
+    return lines
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench import bench as B  # noqa: E402
+import bench as B  # noqa: E402  (bench/bench.py: this folder is sys.path[0])
 
 # https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
 LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -38,8 +38,35 @@ LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                                 "high_freq_factor": 4.0,
                                 "original_max_position_embeddings": 8192})
 STEPS = 6          # optimizer steps (first one is warm-up)
+# matmul weights of the config (attention + MLP of every layer, lm_head): the FLOP count of
+# one token is ~2x this forward, ~4x forward + backward with the base frozen (no weight grads)
+_C = LLAMA31_8B
+_KV = _C["hidden_size"] // _C["num_attention_heads"] * _C["num_key_value_heads"]
+MATMUL_PARAMS = (_C["num_hidden_layers"] * (2 * _C["hidden_size"] ** 2 + 2 * _C["hidden_size"] * _KV
+                                            + 3 * _C["hidden_size"] * _C["intermediate_size"])
+                 + _C["hidden_size"] * _C["vocab_size"])
 PREDICT_ROWS = 512
 GENERATE_ROWS = 16
+
+
+def bf16_ceiling() -> dict[str, Any]:
+    """The GPU's dense bf16 matmul rate (8192^3 products, after warm-up), TFLOP/s."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+        rates.append(2 * n**3 * 10 / (time.perf_counter() - t) / 1e12)
+    return B.spread(rates)
 
 
 def build_random(out: Path, tokenizer: Path) -> None:
@@ -68,11 +95,13 @@ def gpu_cfg(base: Path, steps: int) -> dict[str, Any]:
     return cfg
 
 
-def part(recipe: str, base: Path) -> dict[str, Any]:
+def part(recipe: str, base: Path, overrides: dict[str, Any] | None = None,
+         with_predict: bool = True) -> dict[str, Any]:
     import torch
 
     cfg = gpu_cfg(base, STEPS)
     tr = cfg["training"]
+    tr.update(overrides or {})
     rows_per_step = tr["per_device_train_batch_size"] * tr["gradient_accumulation_steps"]
     df = B.rows(rows_per_step * STEPS)
     torch.cuda.reset_peak_memory_stats()
@@ -84,17 +113,22 @@ def part(recipe: str, base: Path) -> dict[str, Any]:
                                 gradient_accumulation_steps=tr["gradient_accumulation_steps"],
                                 optim=tr["optim"])
             extra = {}
+            train_peak = torch.cuda.max_memory_allocated() / 2**30
         else:
             res = B._train_project(df, cfg, STEPS, Path(tmp))
-            extra = predict(cfg, Path(tmp))
+            train_peak = torch.cuda.max_memory_allocated() / 2**30  # predict() resets it
+            try:  # a prediction failure must not lose the training figures
+                extra = predict(cfg, Path(tmp)) if with_predict else {}
+            except Exception as e:  # noqa: BLE001
+                extra = {"predict_error": repr(e)}
     timed = res["step_seconds"][1:]
     per_step = res["tokens"] / STEPS
-    return {"recipe": recipe, "rows_per_step": rows_per_step, "timed_steps": len(timed),
+    return {"recipe": recipe, "training_overrides": overrides or {}, "rows_per_step": rows_per_step, "timed_steps": len(timed),
             "step_seconds": B.spread(timed),
             "tokens_per_second": B.spread([per_step / s for s in timed]),
             "answer_tokens_per_second": B.spread([res["answer_tokens"] / STEPS / s for s in timed]),
             "tokens_per_step": per_step,
-            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_gpu_memory_gib": train_peak,
             "wall_seconds": time.perf_counter() - t0, "gpu": torch.cuda.get_device_name(), **extra}
 
 
@@ -117,7 +151,9 @@ def predict(cfg: dict[str, Any], adapter: Path) -> dict[str, Any]:
     t = time.perf_counter()
     p = scorer.choice_probs(prompts, ["Yes", "No"])[:, 0]
     torch.cuda.synchronize()
-    batched = len(prompts) / (time.perf_counter() - t)
+    seconds = time.perf_counter() - t
+    batched = len(prompts) / seconds
+    n_tok = sum(len(x) for x in scorer.tok(prompts, add_special_tokens=False)["input_ids"])
     mem = torch.cuda.max_memory_allocated() / 2**30
     del scorer
     torch.cuda.empty_cache()
@@ -134,6 +170,7 @@ def predict(cfg: dict[str, Any], adapter: Path) -> dict[str, Any]:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
     return {"predict_rows_per_second": batched, "predict_peak_gpu_memory_gib": mem,
+            "predict_prompt_tokens_per_second": n_tok / seconds,
             "seed_generate_rows_per_second": B.spread([1 / x for x in times[1:]]),
             "p_yes_mean": float(np.mean(p))}
 
@@ -144,27 +181,57 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(B.BASE))
     ap.add_argument("--part", choices=["project", "seed"])
     ap.add_argument("--base", default="/tmp/llama31-8b-random")
+    ap.add_argument("--recipes", nargs="+", default=["project", "seed"],
+                    choices=["project", "seed"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="training override for both recipes, e.g. per_device_train_batch_size=32")
+    ap.add_argument("--no-predict", action="store_true", help="training figures only")
     args = ap.parse_args()
+    import yaml
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    sub = [f"--set={kv}" for kv in args.set] + (["--no-predict"] if args.no_predict else [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.part:
-        (out / f"gpu_{args.part}.json").write_text(json.dumps(part(args.part, Path(args.base)),
-                                                              indent=2))
+        res = part(args.part, Path(args.base), overrides, not args.no_predict)
+        (out / f"gpu_{args.part}.json").write_text(json.dumps(res, indent=2))
         return
     base = Path(args.base)
     t = time.perf_counter()
     if not (base / "config.json").is_file():
         build_random(base, Path(args.tokenizer))
-    results: dict[str, Any] = {"build_seconds": time.perf_counter() - t, "config": LLAMA31_8B}
-    for recipe in ("project", "seed"):
-        subprocess.run([sys.executable, __file__, "--out", str(out), "--part", recipe,
-                        "--base", str(base)], check=True)
+    results: dict[str, Any] = {"build_seconds": time.perf_counter() - t, "config": LLAMA31_8B,
+                               "matmul_params": MATMUL_PARAMS}
+    import torch
+    results["bf16_tflops"] = bf16_ceiling()
+    print("bf16 TFLOP/s", results["bf16_tflops"], flush=True)
+    torch.cuda.empty_cache()
+    for recipe in args.recipes:
+        rc = subprocess.run([sys.executable, __file__, "--out", str(out), "--part", recipe,
+                             "--base", str(base), *sub]).returncode
+        if rc != 0:  # keep what the other recipe measured
+            results[recipe] = {"error": f"exit status {rc}"}
+            continue
         results[recipe] = json.loads((out / f"gpu_{recipe}.json").read_text())
         print(json.dumps(results[recipe], indent=1), flush=True)
-    results["train_speedup"] = (results["project"]["tokens_per_second"]["median"]
-                                / results["seed"]["tokens_per_second"]["median"])
+        (out / "gpu_results.json").write_text(json.dumps(results, indent=2))
+    if any("error" in results[r] for r in args.recipes) or len(args.recipes) < 2:
+        print("one recipe only, or one failed: partial results in", out / "gpu_results.json")
+        return
+    proj, seed, peak = results["project"], results["seed"], results["bf16_tflops"]["median"]
+    results["train_speedup"] = (proj["tokens_per_second"]["median"]
+                                / seed["tokens_per_second"]["median"])
+    # prediction counts every prompt token (the shared-prefix cache skips some: an upper bound)
+    for name, tps, k in (("train_mfu", proj["tokens_per_second"]["median"], 4),
+                         ("seed_train_mfu", seed["tokens_per_second"]["median"], 4),
+                         ("predict_mfu", proj.get("predict_prompt_tokens_per_second"), 2)):
+        results[name] = k * MATMUL_PARAMS * tps / (peak * 1e12) if tps else None
+    if proj.get("seed_generate_rows_per_second"):
+        results["predict_speedup"] = (proj["predict_rows_per_second"]
+                                      / proj["seed_generate_rows_per_second"]["median"])
     (out / "gpu_results.json").write_text(json.dumps(results, indent=2))
-    print("train_speedup", results["train_speedup"])
+    print({k: results.get(k) for k in ("train_speedup", "train_mfu", "seed_train_mfu",
+                                       "predict_speedup", "predict_mfu")})
 
 
 if __name__ == "__main__":
