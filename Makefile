@@ -1,10 +1,10 @@
-# The two commands a new user needs: `make repro` and `make test`.
+# The two commands a new user needs: `make repro` and `make test` (`make test-fast` while editing).
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test lint bench clean
+.PHONY: install repro test test-fast lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=python3)"; exit 1; }
@@ -23,6 +23,9 @@ repro: $(STAMP)  ## run the whole pipeline on the embedded default (offline)
 
 test: $(STAMP)  ## the test suite (< 15 min on 2 cores)
 	. $(BIN)/activate && python -m pytest -q tests
+
+test-fast: $(STAMP)  ## unit tests only, without the `slow` ones (< 3 min on 2 cores)
+	. $(BIN)/activate && python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	. $(BIN)/activate && ruff check .

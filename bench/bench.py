@@ -10,7 +10,7 @@ writes ``bench/results.json`` and ``BENCHMARKS.md`` and prints the table. Parts:
   chat text (default collator, loss over every token, gradient checkpointing on, fp32
   training args, LoRA dropout 0.05), same base, rows, batch size and LoRA r/alpha/targets.
   Plus one ablation of the project path with the seed's LoRA dropout.
-* ``predict``  -- rows/s of (a) the predict stage code (``AnswerScorer``: one batched
+* ``predict``  -- rows/s of (a) the predict stage code (``Scorer``: one batched
   forward, candidate-token logits, merged dequantized adapter) and (b) the seed-style
   loop: one ``generate()`` per row on the 4-bit model + adapter, parse Yes/No. Label
   agreement between the two.
@@ -58,8 +58,8 @@ def peak_rss_gib() -> float:
 
 def rows(n: int, seed: int = 42):
     """``n`` no-show statements from the synthetic generator (fixed seed, both labels)."""
-    from clinlm.noshow.download import generate_synthetic
     from clinlm.noshow.statements import build_statements
+    from clinlm.noshow.synthetic import generate_synthetic
 
     table = build_statements(generate_synthetic(max(n * 4, 400), seed))
     yes = table[table["label"] == "Yes"].head(n // 4)
@@ -145,19 +145,23 @@ def _train_seed(df, cfg, steps: int, out_dir: Path, **training: Any) -> dict[str
     ``training`` overrides the TrainingArguments (e.g. bf16 and accumulation on a GPU)."""
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from clinlm import hf
+    from clinlm.llm.builders import build_bnb_config, build_lora_config, build_training_kwargs
+    from clinlm.llm.load import load_tokenizer
     from clinlm.prompts import build_messages
 
-    tok = hf.load_tokenizer(cfg["base"], padding_side="right")
+    tok = load_tokenizer(cfg["base"], padding_side="right")
     texts = [tok.apply_chat_template(build_messages(s, task_cfg(), y), tokenize=False)
              for s, y in zip(df["statement"], df["label"], strict=True)]
-    model = hf.load_causal_lm(cfg["base"], cfg["bnb"], training.pop("dtype", "float32"))
+    model = AutoModelForCausalLM.from_pretrained(  # as the seed notebooks load it
+        cfg["base"], quantization_config=build_bnb_config(cfg["bnb"]),
+        dtype=getattr(__import__("torch"), training.pop("dtype", "float32")))
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = get_peft_model(model, hf.build_lora_config(cfg["lora"]))
+    model = get_peft_model(model, build_lora_config(cfg["lora"]))
     timer = StepTimer()
-    args = SFTConfig(**hf.build_training_kwargs(
+    args = SFTConfig(**build_training_kwargs(
         {"per_device_train_batch_size": BATCH, "max_steps": steps, "learning_rate": 2e-4,
          "bf16": False, "gradient_checkpointing": True, "report_to": "none",
          "save_strategy": "no", "logging_steps": 1, **training}, str(out_dir), 42), max_length=256)
@@ -203,8 +207,9 @@ def part_predict(quick: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from clinlm.llm.scorer import Scorer
+    from clinlm.methods.base import Run
     from clinlm.methods.sft import prompt_texts
-    from clinlm.scoring import AnswerScorer
 
     n_rows, n_gen = (32, 4) if quick else (PREDICT_ROWS, GENERATE_ROWS)
     df = rows(n_rows, seed=3)
@@ -212,7 +217,8 @@ def part_predict(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         adapter, origin = _adapter(Path(tmp))
         t = time.perf_counter()
-        scorer = AnswerScorer.from_adapter(adapter, cfg)
+        scorer = Scorer.from_run(adapter, Run("noshow", "classification", "bench", cfg, adapter,
+                                              adapter).cfg)
         load_s = time.perf_counter() - t
         prompts = prompt_texts(scorer.tok, df["statement"].tolist(), task_cfg())
         scorer.choice_probs(prompts[:8], ["Yes", "No"])  # warm-up
@@ -228,9 +234,9 @@ def part_predict(quick: bool) -> dict[str, Any]:
         # seed-style: 4-bit model + adapter (not merged), one generate() per row, parse text
         from peft import PeftModel
 
-        from clinlm import hf
-        tok = hf.load_tokenizer(str(adapter), padding_side="left")
-        model = PeftModel.from_pretrained(hf.load_causal_lm(cfg["base"], cfg["bnb"], "float32"),
+        from clinlm.llm.load import load_model, load_tokenizer
+        tok = load_tokenizer(adapter, padding_side="left")
+        model = PeftModel.from_pretrained(load_model({**cfg, "dtype": "float32"}, "causal"),
                                           str(adapter)).eval()
         answers, times = [], []
         with torch.inference_mode():
@@ -255,7 +261,7 @@ def part_predict(quick: bool) -> dict[str, Any]:
 def part_statements(quick: bool) -> dict[str, Any]:
     if not KAGGLE.is_file():
         return {"skipped": f"{KAGGLE} not found (the full Kaggle file lives in ../shared/data)"}
-    from clinlm.noshow.download import read_csv, validate
+    from clinlm.noshow.schema import read_csv, validate
     from clinlm.noshow.statements import build_statements
 
     t = time.perf_counter()

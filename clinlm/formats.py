@@ -1,4 +1,4 @@
-"""Training files: chat JSONL for SFT and Cohere's chat-finetune JSONL."""
+"""Training files for Cohere's chat-finetune API (the local methods read the parquet splits)."""
 
 from __future__ import annotations
 
@@ -28,16 +28,14 @@ def cohere_records(chat: list[dict]) -> list[dict]:
 
 def write_formats(train: pd.DataFrame, test: pd.DataFrame, task_cfg: dict, task_type: str,
                   out_dir: Path, eval_fraction: float = 0.1, seed: int = 42) -> dict[str, int]:
-    """Write the training files under ``out_dir``.
+    """Write the Cohere training files under ``out_dir``.
 
-    ``chat_train.jsonl`` / ``chat_test.jsonl``: system/user/assistant messages (SFT).
     ``cohere_train.jsonl`` / ``cohere_eval.jsonl``: Cohere's chat-finetune format; the eval
     file is a seeded ``eval_fraction`` slice of the *training* split (never the test split,
-    which stays untouched until evaluation).
+    which stays untouched until evaluation). No generic chat JSONL is written: the local
+    methods (``sft``, ``head``, ...) read ``data/processed/<task>/train.parquet`` themselves.
     """
     chat_train = chat_records(train, task_cfg, task_type)
-    write_jsonl(out_dir / "chat_train.jsonl", chat_train)
-    write_jsonl(out_dir / "chat_test.jsonl", chat_records(test, task_cfg, task_type))
     eval_ids = set(train["id"].sample(frac=eval_fraction, random_state=seed))
     cohere = cohere_records(chat_train)
     write_jsonl(out_dir / "cohere_train.jsonl",

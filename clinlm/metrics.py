@@ -4,10 +4,16 @@ Classification CSV: ``id, y_true, p_yes, y_pred`` (labels ``Yes``/``No``).
 Regression CSV: ``id, y_true, y_pred, y_lo, y_hi``.
 Rows a method could not score (NaN ``p_yes`` / ``y_pred``) are counted as ``n_failed``
 and left out of the metrics, never silently dropped.
+
+Wall-clock figures (seconds, rates) are no metrics: they change on every rerun of the same code
+and data. ``split_timing`` takes them out of a method's train info; the train / predict stages
+write them to ``timing_path`` (``metrics/<task>/timing/{train,predict}/<model>.json``, DVC outs
+with ``cache: false``), so neither a cached model folder nor ``dvc metrics diff`` sees them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +21,27 @@ import pandas as pd
 from sklearn import metrics as skm
 
 MAX_CURVE_POINTS = 200  # plots stay small enough to commit
+TIMING_PHASES = ("train", "predict")
+
+
+def is_timing_key(key: str) -> bool:
+    """A wall-clock figure: ``seconds``, ``*_seconds``, ``*_per_second`` (e.g. ``train_seconds``,
+    ``stage_seconds``, ``tokens_per_second``, ``rows_per_second``)."""
+    return key == "seconds" or key.endswith(("_seconds", "_per_second"))
+
+
+def split_timing(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(info without its timing keys, the timing keys)``, both in ``info``'s order."""
+    rest = {k: v for k, v in info.items() if not is_timing_key(k)}
+    timing = {k: v for k, v in info.items() if is_timing_key(k)}
+    return rest, timing
+
+
+def timing_path(task: str, phase: str, model: str, root: str | Path = ".") -> Path:
+    """``metrics/<task>/timing/<phase>/<model>.json``: the wall-clock times of one stage run."""
+    if phase not in TIMING_PHASES:
+        raise ValueError(f"timing phase {phase!r}: expected one of {TIMING_PHASES}")
+    return Path(root) / "metrics" / task / "timing" / phase / f"{model}.json"
 
 
 def _thin(df: pd.DataFrame) -> pd.DataFrame:

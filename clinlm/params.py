@@ -6,7 +6,9 @@ like the fields they feed:
   * ``lora``     -> ``peft.LoraConfig`` fields
   * ``sft``      -> ``trl.SFTConfig`` fields that ``TrainingArguments`` does not have
   * ``training`` -> ``transformers.TrainingArguments`` fields
-Project sections (tasks, runs, method options) are checked against ``SCHEMA`` below.
+Project sections (tasks, runs, method options) are checked against their typed configs in
+:mod:`clinlm.config` (the one home of their defaults) and the tasks' own download/statements
+configs (:mod:`clinlm.tasks`).
 
 The library check imports transformers, peft and trl (about 12 s on 2 cores), so each stage
 checks only what it uses: data and evaluate stages check the project sections, and a train or
@@ -26,57 +28,24 @@ from pathlib import Path
 from typing import Any
 
 NUM = (int, float)
-ANY = object
 
 
 class ParamsError(ValueError):
     """A params.yaml problem; the message names the dotted key."""
 
 
-# Project-level schema: key -> type (or nested dict). ``None`` in a tuple = nullable.
-TASK_SCHEMA: dict[str, Any] = {
-    "type": str,
-    "download": dict,  # task-specific: validated by the task's download code
-    "statements": dict,
-    "split": {"test_size": NUM, "group_by_patient": bool},
-    "format": {"eval_fraction": NUM},
-    "prompt": {"system": str, "question": str},
-    "answer": dict,  # regression answer range (min/max) for numeric decoding
-    "images": {"width_px": int, "height_px": int},  # ECG paper PNGs (vascular_age)
-}
-METHOD_KEYS: dict[str, dict[str, Any]] = {
-    "common": {"method": str, "description": str},
-    "sft": {"base": str, "max_train_rows": (int, None), "bnb": "bnb", "lora": "lora",
-            "sft": "sft", "training": "training", "predict": dict, "torch_threads": (int, None)},
-    "head": {"base": str, "max_train_rows": (int, None), "bnb": "bnb", "lora": "lora",
-             "training": "training", "predict": dict, "class_weights": (str, None),
-             "torch_threads": (int, None)},
-    "vlm": {"base": str, "max_train_rows": (int, None), "bnb": "bnb", "lora": "lora",
-            "training": "training", "predict": dict, "torch_threads": (int, None),
-            "image": {"augment": bool, "max_shift": NUM, "max_scale": NUM, "dir": (str, None)},
-            "prompt_template": (str, None), "ecg_text": bool},
-    "cohere": {"base_model": str, "model_id": (str, None), "base_url": (str, None),
-               "requests_per_minute": NUM, "max_concurrency": int, "max_retries": int,
-               "backoff_base_s": NUM, "backoff_max_s": NUM, "timeout_s": NUM,
-               "few_shot_k": int, "poll_interval_s": NUM, "finetune_hyperparameters": dict,
-               "temperature": NUM, "retry_failed": bool, "keep_partial": bool},
-    "gbdt": {"hist_gbdt": dict},
-}
-
-
-# vision-language bases composed from a pretrained text model (clinlm.vlm_base.compose_idefics3)
-VLM_BASE_SCHEMA: dict[str, Any] = {"architecture": str, "text_model": str, "vision_config": dict,
-                                   "scale_factor": int, "dtype": str}
-
-
-def all_runs(params: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """``runs`` and ``vlm_runs`` together (names are unique across both)."""
-    return {**params["runs"], **(params.get("vlm_runs") or {})}
+def all_runs(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every run of every ``runs.<method>`` group, flat: ``{name: {task, model, method, base}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, group in (params.get("runs") or {}).items():
+        for name, spec in (group or {}).items():
+            out[name] = {"base": None, **spec, "method": method}
+    return out
 
 
 def load_params(path: str | Path = "params.yaml",
                 library_models: Iterable[str] | None = ()) -> dict[str, Any]:
-    """Read and validate params.yaml; return it as a plain dict.
+    """Read and validate params.yaml; return it as a plain dict (as written, no defaults added).
 
     ``library_models``: the models whose library sections (bnb, lora, sft, training) are also
     checked against the libraries; ``()`` none (no heavy imports), ``None`` all of them.
@@ -92,79 +61,98 @@ def load_params(path: str | Path = "params.yaml",
     return params
 
 
+def _parse(model: Any, section: Any, where: str) -> Any:
+    from clinlm.config import parse_section
+    try:
+        return parse_section(model, section, where)
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
+
+
 def validate(params: dict[str, Any], library_models: Iterable[str] | None = None) -> None:
-    """Check every section; library sections only of ``library_models`` (``None``: all)."""
+    """Check every section against its typed config (:mod:`clinlm.config`, the tasks' own
+    download/statements configs); library sections only of ``library_models`` (``None``: all)."""
+    from clinlm import config as C
+    from clinlm.tasks import TASKS, TaskSection, get_task
+
     check_libraries = None if library_models is None else set(library_models)
     for key in ("seed", "tasks", "models", "runs"):
         if key not in params:
             raise ParamsError(f"params.yaml: missing top-level key {key!r}")
     _check_type("seed", params["seed"], int)
+    _parse(C.PredictStageConfig, params.get("predict"), "predict")
+    for name, spec in (params.get("base_models") or {}).items():
+        _parse(C.BaseModelConfig, spec, f"base_models.{name}")
     for name, task in params["tasks"].items():
-        _check_section(f"tasks.{name}", task, TASK_SCHEMA)
+        if name not in TASKS:
+            raise ParamsError(f"tasks.{name}: unknown task; known: {', '.join(sorted(TASKS))}")
+        _parse(TaskSection, task, f"tasks.{name}")
+        t = get_task(name)
+        _parse(t.download_config, task.get("download"), f"tasks.{name}.download")
+        _parse(t.statements_config, task.get("statements"), f"tasks.{name}.statements")
     for name, model in params["models"].items():
-        method = model.get("method")
-        if method not in METHOD_KEYS or method == "common":
+        method = model.get("method") if isinstance(model, dict) else None
+        if method not in C.METHODS:
             raise ParamsError(f"models.{name}.method: unknown method {method!r}; "
-                              f"known: {', '.join(k for k in METHOD_KEYS if k != 'common')}")
-        allowed = {**METHOD_KEYS["common"], **METHOD_KEYS[method]}
-        for key, value in model.items():
-            if key not in allowed:
-                raise ParamsError(f"models.{name}.{key}: unknown key for method {method!r}; "
-                                  f"allowed: {', '.join(sorted(allowed))}")
-            spec = allowed[key]
-            if isinstance(spec, str):
-                if check_libraries is None or name in check_libraries:
-                    validate_library_section(f"models.{name}.{key}", spec, value)
-            elif isinstance(spec, dict):
-                _check_section(f"models.{name}.{key}", value, spec)
-            else:
-                _check_type(f"models.{name}.{key}", value, spec)
-    for section in ("runs", "vlm_runs"):
-        _check_type(section, params.get(section) or {}, dict)
-        for run, spec in (params.get(section) or {}).items():
-            _check_section(f"{section}.{run}", spec, {"task": str, "model": str})
-            if spec.get("task") not in params["tasks"]:
-                raise ParamsError(f"{section}.{run}.task: no task {spec.get('task')!r} in tasks")
-            if spec.get("model") not in params["models"]:
-                raise ParamsError(f"{section}.{run}.model: no model {spec.get('model')!r} in models")
-            is_vlm = params["models"][spec["model"]].get("method") == "vlm"
-            if is_vlm != (section == "vlm_runs"):
-                raise ParamsError(f"{section}.{run}: method vlm runs belong in vlm_runs (their "
-                                  "stages also depend on the ECG images), all others in runs")
-    both = set(params["runs"]) & set(params.get("vlm_runs") or {})
-    if both:
-        raise ParamsError(f"vlm_runs: names also in runs: {sorted(both)}")
+                              f"known: {', '.join(C.METHODS)}")
+        _parse(C.model_config_class(method), model, f"models.{name}")
+        if check_libraries is None or name in check_libraries:
+            for key, kind in C.LIBRARY_SECTIONS.items():
+                if model.get(key) is not None:
+                    validate_library_section(f"models.{name}.{key}", kind, model[key])
+    _check_type("runs", params["runs"], dict)
+    seen: dict[str, str] = {}
+    for method, group in params["runs"].items():
+        if method not in C.METHODS:
+            raise ParamsError(f"runs.{method}: runs are grouped by method; known: "
+                              f"{', '.join(C.METHODS)}")
+        _check_type(f"runs.{method}", group or {}, dict)
+        for run, spec in (group or {}).items():
+            where = f"runs.{method}.{run}"
+            if run in seen:
+                raise ParamsError(f"{where}: the run name is also in runs.{seen[run]}")
+            seen[run] = method
+            _parse(C.RunSpec, spec, where)
+            if spec["task"] not in params["tasks"]:
+                raise ParamsError(f"{where}.task: no task {spec['task']!r} in tasks")
+            if spec["model"] not in params["models"]:
+                raise ParamsError(f"{where}.model: no model {spec['model']!r} in models")
+            model = params["models"][spec["model"]]
+            if model["method"] != method:
+                raise ParamsError(f"{where}: model {spec['model']!r} is method "
+                                  f"{model['method']!r}; put the run in runs.{model['method']}")
+            _check_run_base(params, where, spec, model, llm=method in C.LLM_METHODS)
     for name, spec in (params.get("vlm_bases") or {}).items():
-        _check_section(f"vlm_bases.{name}", spec, VLM_BASE_SCHEMA)
+        _parse(C.VLMBaseConfig, spec, f"vlm_bases.{name}")
         if spec.get("text_model") not in (params.get("base_models") or {}):
             raise ParamsError(f"vlm_bases.{name}.text_model: no base_models entry "
                               f"{spec.get('text_model')!r}")
 
 
-def _check_section(prefix: str, section: Any, schema: dict[str, Any]) -> None:
-    if not isinstance(section, dict):
-        raise ParamsError(f"{prefix}: expected a mapping, got {type(section).__name__}")
-    for key, value in section.items():
-        if key not in schema:
-            raise ParamsError(f"{prefix}.{key}: unknown key; allowed: {', '.join(schema)}")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            _check_section(f"{prefix}.{key}", value, spec)
-        else:
-            _check_type(f"{prefix}.{key}", value, spec)
+def _check_run_base(params: dict[str, Any], where: str, spec: dict[str, Any],
+                    model: dict[str, Any], llm: bool) -> None:
+    """An LLM run names the materialized folder its model loads (a stage dependency)."""
+    base = spec.get("base")
+    if not llm:
+        if base is not None:
+            raise ParamsError(f"{where}.base: only LLM runs load a base model")
+        return
+    local = {**(params.get("base_models") or {}), **(params.get("vlm_bases") or {})}
+    if base not in local:
+        raise ParamsError(
+            f"{where}.base: name the base_models / vlm_bases entry the model loads "
+            f"(known: {', '.join(local)}); for a Hub model add a base_models entry with "
+            f"source: <hub id> (materialized once, then cached and pushable by DVC)")
+    if str(model["base"]).rstrip("/") != f"data/models/base/{base}":
+        raise ParamsError(f"{where}.base: {base!r} but models.{spec['model']}.base is "
+                          f"{model['base']!r} (expected data/models/base/{base})")
 
 
 def _check_type(key: str, value: Any, spec: Any) -> None:
     types_ = spec if isinstance(spec, tuple) else (spec,)
-    if value is None and None in types_:
-        return
-    real = tuple(t for t in types_ if isinstance(t, type))
-    if isinstance(value, bool) and bool not in real:
-        ok = False
-    else:
-        ok = isinstance(value, real)
+    ok = isinstance(value, types_) and not (isinstance(value, bool) and bool not in types_)
     if not ok:
-        want = " or ".join("null" if t is None else t.__name__ for t in types_)
+        want = " or ".join(t.__name__ for t in types_)
         raise ParamsError(f"{key}: expected {want}, got {type(value).__name__} ({value!r})")
 
 
@@ -243,12 +231,21 @@ def _type_name(ann: Any) -> str:
 
 
 def run_spec(params: dict[str, Any], run: str) -> tuple[str, dict, str, dict]:
-    """(task name, task section, model name, model section) for a ``runs``/``vlm_runs`` entry."""
+    """(task name, task section, model name, model section) of a run in any ``runs`` group."""
     runs = all_runs(params)
     if run not in runs:
-        raise ParamsError(f"runs.{run}: no such run in runs or vlm_runs; known: {', '.join(runs)}")
+        raise ParamsError(f"runs: no run {run!r} in any group; known: {', '.join(runs)}")
     spec = runs[run]
     return spec["task"], params["tasks"][spec["task"]], spec["model"], params["models"][spec["model"]]
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Check every run's method can work (API keys present, ...) before the first stage."""
+    from clinlm.methods import get_method
+    from clinlm.runs import make_run
+    for name in all_runs(params):
+        run = make_run(name, params)
+        get_method(run.cfg["method"]).check_ready(run)
 
 
 if __name__ == "__main__":  # python -m clinlm.params [params.yaml]: check every section

@@ -42,7 +42,8 @@ def predict_table(run: Run, df: pd.DataFrame, threshold: float = 0.5) -> pd.Data
 def main() -> None:
     """CLI: predict a new CSV with a trained run (see module docstring)."""
     from clinlm.params import load_params
-    from clinlm.pipeline import make_run, setup_logging
+    from clinlm.paths import setup_logging
+    from clinlm.runs import make_run
     from clinlm.tasks import table_from_csv
 
     setup_logging()

@@ -1,71 +1,166 @@
-"""Per-task data steps behind the generic stages: download and statement building.
+"""Registry of tasks: ``params.yaml`` names one per ``tasks.<name>`` section.
 
-Each task has: ``download(cfg, seed, out_dir) -> info`` writing its raw files, and
-``build_table(cfg, raw_dir) -> DataFrame`` returning ``id, group, statement, label, f_*``.
-``table_from_csv`` turns a user's new CSV into the same table for ``clinlm predict``.
+A task owns its data steps behind the generic stages:
+
+* ``download(cfg, seed, out_dir) -> info``: write its raw files into ``out_dir``;
+* ``build_table(cfg, raw_dir) -> DataFrame``: ``id, group, statement, label, f_*``;
+* ``table_from_csv(cfg, path) -> DataFrame``: a user's new CSV -> the same table
+  (``clinlm predict``).
+
+``cfg`` is always the whole ``tasks.<name>`` section. The keys of its ``download`` and
+``statements`` sections, with their defaults, have one home: the task's pydantic models
+:attr:`Task.download_config` and :attr:`Task.statements_config` (unknown keys are errors).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from clinlm.config import Strict, parse_section
 
 log = logging.getLogger(__name__)
+
+# name -> "module:Class"; modules are imported only when the task is used.
+TASKS: dict[str, str] = {
+    "noshow": "clinlm.noshow.task:NoshowTask",
+    "vascular_age": "clinlm.vascular.task:VascularAgeTask",
+}
+
+
+class TaskConfig(BaseModel):
+    """Base of a task's config sections: unknown keys are errors; ``null`` means the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class _NoOptions(TaskConfig):
+    """A section with no keys (a task without statement options)."""
+
+
+# ---- the task section (every task) -------------------------------------------------
+
+class SplitConfig(Strict):
+    test_size: float = Field(0.2, gt=0, lt=1)
+    group_by_patient: bool = True  # every patient on one side of the split
+
+
+class FormatConfig(Strict):
+    eval_fraction: float = Field(0.1, gt=0, lt=1)  # Cohere eval file: this share of TRAIN
+
+
+class PromptConfig(Strict):
+    system: str = ""
+    question: str = ""
+
+
+class AnswerConfig(Strict):
+    """Regression answers: numeric decoding enumerates every integer in ``[min, max]``."""
+
+    min: int = Field(18, ge=0)
+    max: int = Field(110, ge=0)
+
+
+class ImagesConfig(Strict):
+    width_px: PositiveInt = 768
+    height_px: PositiveInt = 512
+
+
+class TaskSection(Strict):
+    """``tasks.<name>``: the keys every task has (download/statements: the task's own configs)."""
+
+    type: Literal["classification", "regression"]
+    download: dict[str, Any] = {}    # validated by the task's own download_config
+    statements: dict[str, Any] = {}  # validated by the task's own statements_config
+    split: SplitConfig = SplitConfig()
+    format: FormatConfig = FormatConfig()
+    prompt: PromptConfig = PromptConfig()
+    answer: AnswerConfig = AnswerConfig()
+    images: ImagesConfig = ImagesConfig()
+
+
+class Task:
+    """One task's data steps. Subclasses set ``name`` and the two config models."""
+
+    name: ClassVar[str] = ""
+    #: the ``download`` section: its keys, types and defaults (one home)
+    download_config: ClassVar[type[TaskConfig]] = _NoOptions
+    #: the ``statements`` section: its keys, types and defaults (one home)
+    statements_config: ClassVar[type[TaskConfig]] = _NoOptions
+
+    def download_settings(self, cfg: Mapping[str, Any]) -> Any:
+        """``cfg["download"]`` as a :attr:`download_config` instance."""
+        return parse_section(self.download_config, cfg.get("download"),
+                             f"tasks.{self.name}.download")
+
+    def statement_settings(self, cfg: Mapping[str, Any]) -> Any:
+        """``cfg["statements"]`` as a :attr:`statements_config` instance."""
+        return parse_section(self.statements_config, cfg.get("statements"),
+                             f"tasks.{self.name}.statements")
+
+    def download(self, cfg: Mapping[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
+        """Fetch or generate the raw data into ``out_dir``; return facts for download.json."""
+        raise NotImplementedError
+
+    def build_table(self, cfg: Mapping[str, Any], raw_dir: Path) -> pd.DataFrame:
+        """The statements table (``id, group, statement, label, f_*``) from the raw files."""
+        raise NotImplementedError
+
+    def table_from_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """A user's CSV -> statements table.
+
+        A CSV that already has ``id`` and ``statement`` columns is used as is (``label``
+        optional, else empty). Otherwise :meth:`table_from_raw_csv` reads it in the task's
+        raw schema.
+        """
+        head = pd.read_csv(path, nrows=0)
+        if {"id", "statement"} <= set(head.columns):
+            df = pd.read_csv(path, dtype={"id": str})
+            if "label" not in df.columns:
+                df["label"] = None
+            return df
+        return self.table_from_raw_csv(cfg, Path(path))
+
+    def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """A CSV in the task's raw schema -> statements table (label empty if unknown)."""
+        raise NotImplementedError
+
+
+def get_task(name: str) -> Task:
+    """Instantiate the task registered under ``name``."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
 def download(task: str, cfg: dict[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch or generate the raw data of ``task`` into ``out_dir``."""
-    if task == "noshow":
-        from clinlm.noshow.download import download as noshow_download
-        return noshow_download(cfg["download"], seed, out_dir / "appointments.csv")
-    if task == "vascular_age":
-        from clinlm.vascular.pipeline import download as vascular_download
-        return vascular_download(cfg["download"], seed, out_dir)
-    raise KeyError(f"unknown task {task!r}")
+    return get_task(task).download(cfg, seed, Path(out_dir))
 
 
 def build_table(task: str, cfg: dict[str, Any], raw_dir: Path) -> pd.DataFrame:
     """The statements table of ``task`` from its raw files."""
-    if task == "noshow":
-        from clinlm.noshow.download import read_csv
-        from clinlm.noshow.statements import build_statements
-        return build_statements(read_csv(raw_dir / "appointments.csv"),
-                                **cfg.get("statements", {}))
-    if task == "vascular_age":
-        from clinlm.vascular.pipeline import build_table as vascular_table
-        return vascular_table(cfg, raw_dir)
-    raise KeyError(f"unknown task {task!r}")
+    return get_task(task).build_table(cfg, Path(raw_dir))
 
 
 def table_from_csv(task: str, cfg: dict[str, Any], path: Path) -> pd.DataFrame:
-    """A user's CSV -> statements table.
+    """A user's CSV -> statements table (see :meth:`Task.table_from_csv`)."""
+    return get_task(task).table_from_csv(cfg, Path(path))
 
-    A CSV that already has ``id`` and ``statement`` columns is used as is (``label``
-    optional). Otherwise it must be in the task's raw schema (no-show: the Kaggle columns;
-    a missing ``No-show`` column is allowed: those outcomes are unknown, so they count as
-    attended in the history features and the output has an empty ``y_true``).
-    """
-    head = pd.read_csv(path, nrows=0)
-    if {"id", "statement"} <= set(head.columns):
-        df = pd.read_csv(path, dtype={"id": str})
-        if "label" not in df.columns:
-            df["label"] = None
-        return df
-    if task == "noshow":
-        from clinlm.noshow.download import LABEL_COLUMN, validate
-        from clinlm.noshow.statements import build_statements
-        raw = pd.read_csv(path, dtype=str)
-        unlabeled = LABEL_COLUMN not in raw.columns
-        if unlabeled:
-            raw[LABEL_COLUMN] = "No"
-        table = build_statements(validate(raw, path)[0], **cfg.get("statements", {}))
-        if unlabeled:
-            table["label"] = None
-        return table
-    if task == "vascular_age":
-        from clinlm.vascular.pipeline import table_from_csv as vascular_from_csv
-        return vascular_from_csv(cfg, path)
-    raise KeyError(f"unknown task {task!r}")
+
+__all__ = ["TASKS", "Task", "TaskConfig", "build_table", "download", "get_task",
+           "parse_section", "table_from_csv"]

@@ -4,7 +4,7 @@ import argparse
 
 from clinlm.base_model import materialize
 from clinlm.params import load_params
-from clinlm.pipeline import ROOT, setup_logging
+from clinlm.paths import ROOT, setup_logging
 
 if __name__ == "__main__":
     setup_logging()

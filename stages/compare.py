@@ -1,17 +1,32 @@
-"""Stage compare: one table of every run (baseline included) -> metrics/summary.{md,json}."""
+"""Stage compare: one table of every run (baseline included) -> metrics/summary.{md,json}.
+
+summary.json holds the metrics only; summary.md adds each run's train / predict wall-clock
+seconds, read from ``metrics/<task>/timing/{train,predict}/<model>.json`` (blank when absent).
+"""
 
 import json
 import math
 
 from clinlm.io import atomic_path, write_json
+from clinlm.metrics import timing_path
 from clinlm.params import all_runs, load_params
-from clinlm.pipeline import metrics_path, setup_logging
+from clinlm.paths import metrics_path, setup_logging
 
 COLUMNS = {
     "classification": ["roc_auc", "pr_auc", "accuracy", "f1", "recall", "brier"],
     "regression": ["mae", "rmse", "r2", "pearson_r", "bias", "within_5y", "coverage_90",
                    "mean_predictor_mae", "noise_floor_mae"],
 }
+
+
+def seconds(task: str, phase: str, model: str) -> float | None:
+    """A run's wall-clock seconds for ``phase`` from its timing file; None when there is none."""
+    path = timing_path(task, phase, model)
+    if not path.exists():
+        return None
+    t = json.loads(path.read_text())
+    # a method without its own train clock (e.g. cohere) falls back to the whole stage's
+    return t.get(f"{phase}_seconds", t.get("stage_seconds"))
 
 
 def fmt(v):
@@ -36,12 +51,13 @@ if __name__ == "__main__":
         first = next(iter(models.values()))
         lines += [f"## {task} ({ttype}; data: {first['data_source']}, "
                   f"n_test={first['n_test']})", "",
-                  "| model | method | n_train | " + " | ".join(cols) + " | train s |",
-                  "|---" * (len(cols) + 4) + "|"]
+                  "| model | method | n_train | " + " | ".join(cols) + " | train s | predict s |",
+                  "|---" * (len(cols) + 5) + "|"]
         for name, m in models.items():
             lines.append(f"| {name} | {m['method']} | {m['n_train']} | "
                          + " | ".join(fmt(m.get(c)) for c in cols)
-                         + f" | {fmt(m.get('train_seconds'))} |")
+                         + f" | {fmt(seconds(task, 'train', name))}"
+                         + f" | {fmt(seconds(task, 'predict', name))} |")
         lines.append("")
     with atomic_path("metrics/summary.md") as tmp:
         tmp.write_text("\n".join(lines))

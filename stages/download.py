@@ -3,8 +3,8 @@
 import argparse
 
 from clinlm.io import write_json
-from clinlm.params import load_params
-from clinlm.pipeline import preflight, raw_dir, setup_logging
+from clinlm.params import load_params, preflight
+from clinlm.paths import raw_dir, setup_logging
 from clinlm.tasks import download
 
 if __name__ == "__main__":

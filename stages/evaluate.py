@@ -7,7 +7,7 @@ import pandas as pd
 from clinlm.io import write_json
 from clinlm.metrics import classification_metrics, regression_metrics
 from clinlm.params import load_params, run_spec
-from clinlm.pipeline import (
+from clinlm.paths import (
     metrics_path,
     model_dir,
     plots_dir,
@@ -35,7 +35,7 @@ if __name__ == "__main__":
             m["noise_floor_mae"] = split["noise_floor_mae"]
     m.update({"task": task, "model": model, "method": model_cfg["method"],
               "base": model_cfg.get("base", model_cfg.get("base_model")),
-              "n_train": trained.get("n_train"), "train_seconds": trained.get("train_seconds"),
+              "n_train": trained.get("n_train"),  # no timings: metrics must not change with the clock
               "data_source": split["data_source"],
               "group_by_patient": split.get("group_by_patient")})
     for key in ("pretrained_parts", "random_init_parts"):  # vlm: which weights were pretrained

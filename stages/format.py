@@ -1,4 +1,4 @@
-"""Stage format: chat JSONL for SFT and Cohere chat-finetune JSONL."""
+"""Stage format: Cohere chat-finetune JSONL (train + an eval slice of the train split)."""
 
 import argparse
 
@@ -6,7 +6,7 @@ import pandas as pd
 
 from clinlm.formats import write_formats
 from clinlm.params import load_params
-from clinlm.pipeline import processed_dir, setup_logging
+from clinlm.paths import processed_dir, setup_logging
 
 if __name__ == "__main__":
     setup_logging()

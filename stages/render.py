@@ -4,8 +4,8 @@ import argparse
 
 from clinlm.io import write_json
 from clinlm.params import load_params
-from clinlm.pipeline import interim_dir, raw_dir, setup_logging
-from clinlm.vascular.pipeline import render_images
+from clinlm.paths import interim_dir, raw_dir, setup_logging
+from clinlm.vascular.task import render_images
 
 if __name__ == "__main__":
     setup_logging()

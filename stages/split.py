@@ -6,7 +6,7 @@ import pandas as pd
 
 from clinlm.io import write_json, write_parquet
 from clinlm.params import load_params
-from clinlm.pipeline import interim_dir, processed_dir, raw_dir, read_json, setup_logging
+from clinlm.paths import interim_dir, processed_dir, raw_dir, read_json, setup_logging
 from clinlm.split import split_table
 
 if __name__ == "__main__":

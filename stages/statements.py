@@ -4,7 +4,7 @@ import argparse
 
 from clinlm.io import write_parquet
 from clinlm.params import load_params
-from clinlm.pipeline import interim_dir, raw_dir, setup_logging
+from clinlm.paths import interim_dir, raw_dir, setup_logging
 from clinlm.tasks import build_table
 
 if __name__ == "__main__":

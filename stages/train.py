@@ -1,4 +1,9 @@
-"""Stage train: fit one (task, model) run with its method; save to data/models/<task>/<model>."""
+"""Stage train: fit one (task, model) run with its method; save to data/models/<task>/<model>.
+
+Wall-clock figures (``train_seconds``, ``tokens_per_second``, ``stage_seconds``, ...) go to
+``metrics/<task>/timing/train/<model>.json`` (not cached), never into ``train_info.json``: the
+model folder is a cached output and evaluate's input, and must not change with the clock.
+"""
 
 import argparse
 import time
@@ -7,7 +12,9 @@ import pandas as pd
 
 from clinlm.io import write_json
 from clinlm.methods import get_method
-from clinlm.pipeline import make_run, setup_logging
+from clinlm.metrics import split_timing, timing_path
+from clinlm.paths import setup_logging
+from clinlm.runs import make_run
 
 if __name__ == "__main__":
     setup_logging()
@@ -17,9 +24,10 @@ if __name__ == "__main__":
     run = make_run(args.run)
     method = get_method(run.cfg["method"])
     method.check_ready(run)  # e.g. cohere: fail before any work without CO_API_KEY
-    t0 = time.time()
-    info = method.train(run, pd.read_parquet(run.data_dir / "train.parquet"))
-    info["stage_seconds"] = round(time.time() - t0, 1)
+    t0 = time.perf_counter()
+    info, timing = split_timing(method.train(run, pd.read_parquet(run.data_dir / "train.parquet")))
+    timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(run.model_dir / "train_info.json", info)
     write_json(run.log_dir / "train_info.json", info)  # committed copy (cache: false)
-    print(info)
+    write_json(timing_path(run.task, "train", run.model), timing)
+    print({**info, **timing})

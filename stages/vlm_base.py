@@ -3,7 +3,7 @@
 import argparse
 
 from clinlm.params import load_params
-from clinlm.pipeline import ROOT, setup_logging
+from clinlm.paths import ROOT, setup_logging
 from clinlm.vlm_base import compose_idefics3
 
 if __name__ == "__main__":

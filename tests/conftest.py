@@ -37,7 +37,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra) -> dict:
     """A ``method: sft`` model entry sized for the tiny test models (fp32, no 4-bit, LoRA r 4)."""
-    cfg = {"method": "sft", "base": str(base), "max_train_rows": None,
+    cfg = {"method": "sft", "base": str(base), "dtype": "float32", "max_train_rows": None,
            "bnb": {"load_in_4bit": False},
            "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
                     "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"},
@@ -45,6 +45,6 @@ def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra)
            "training": {"num_train_epochs": epochs, "per_device_train_batch_size": 8,
                         "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
                         "report_to": "none"},
-           "predict": {"batch_size": predict_batch_size, "dtype": "float32", "autocast_dtype": None}}
+           "predict": {"batch_size": predict_batch_size, "autocast_dtype": None}}
     cfg.update(extra)
     return cfg

@@ -2,21 +2,16 @@
 
 Paths and shapes as the installed ``cohere`` SDK (v7) sends/parses them:
 
-* ``POST /v1/datasets?name=..&type=..`` multipart form, file fields ``data`` and
-  ``eval_data`` -> ``{"id": ...}``
-* ``GET /v1/datasets/{id}`` -> ``{"dataset": {..., "validation_status": ...}}``
-* ``POST /v1/finetuning/finetuned-models`` JSON ``FinetunedModel`` ->
-  ``{"finetuned_model": {...}}``
-* ``GET /v1/finetuning/finetuned-models/{id}`` -> ``{"finetuned_model": {..., "status"}}``
 * ``POST /v2/chat`` JSON ``{"model", "messages", ...}`` ->
   ``{"id", "finish_reason", "message": {"role": "assistant", "content": [{"type": "text",
-  "text": ...}]}}``
+  "text": ...}]}}``; 401 when ``Authorization: Bearer <key>`` does not match, 404 when
+  ``models`` is given and the model is not in it.
 
 Every request is recorded (time, method, path, whether ``Authorization: Bearer <key>``
 matched, the row key parsed from the last user message, the status sent, the action).
 Chat faults are scripted per row key: ``chat_script = {"r003": ["429:1", "500"], ...}``
 is consumed one action per request for that row, then replies are normal. Actions:
-``"429"`` / ``"429:<retry-after>"``, ``"500"``, ``"503"``, ``"400"``, ``"404"``, ``"slow"``
+``"429"`` / ``"429:<retry-after>"``, ``"500"``, ``"503"``, ``"400"``, ``"slow"``
 (sleep ``slow_s`` before answering), ``"badjson"`` (200 with a body that is not JSON),
 ``"noshape"`` (200 with JSON of the wrong shape), ``"text:<reply>"`` (that reply text),
 ``"ok"``.
@@ -24,7 +19,6 @@ is consumed one action per request for that row, then replies are normal. Action
 
 from __future__ import annotations
 
-import email
 import json
 import re
 import threading
@@ -32,10 +26,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 ROW_RE = re.compile(r"\b(r\d{3})\b")
-NOW = "2025-01-01T00:00:00Z"
 
 
 def default_answer(row: str | None, model: str) -> str:
@@ -47,21 +40,13 @@ def default_answer(row: str | None, model: str) -> str:
 class FakeCohere:
     def __init__(self, api_key: str, *, chat_script: dict[str, list[str]] | None = None,
                  answer: Callable[[str | None, str], str] = default_answer,
-                 slow_s: float = 1.0, dataset_polls: int = 2, dataset_status: str = "validated",
-                 ft_statuses: tuple[str, ...] = ("STATUS_QUEUED", "STATUS_FINETUNING",
-                                                 "STATUS_DEPLOYING_API", "STATUS_READY"),
-                 refuse_finetune: tuple[int, str] | None = None) -> None:
+                 slow_s: float = 1.0, models: set[str] | None = None) -> None:
         self.api_key = api_key
         self.chat_script = {k: list(v) for k, v in (chat_script or {}).items()}
         self.answer = answer
         self.slow_s = slow_s
-        self.dataset_polls = dataset_polls
-        self.dataset_status = dataset_status
-        self.ft_statuses = ft_statuses
-        self.refuse_finetune = refuse_finetune
+        self.models = models
         self.requests: list[dict[str, Any]] = []
-        self.datasets: dict[str, dict[str, Any]] = {}
-        self.finetunes: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -151,94 +136,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes
     def do_GET(self) -> None:
-        body = self._body()
-        del body
         rec = self._record()
-        if not self._auth(rec):
-            return
-        path = rec["path"]
-        if m := re.fullmatch(r"/v1/datasets/([\w-]+)", path):
-            ds = self.fake.datasets.get(m.group(1))
-            if ds is None:
-                rec["status"] = 404
-                return self._send(404, {"message": "dataset not found"})
-            ds["gets"] += 1
-            status = (self.fake.dataset_status if ds["gets"] >= self.fake.dataset_polls
-                      else "processing")
-            rec["status"] = 200
-            return self._send(200, {"dataset": {
-                "id": ds["id"], "name": ds["name"], "created_at": NOW, "updated_at": NOW,
-                "dataset_type": ds["type"], "validation_status": status,
-                "validation_error": "bad rows" if status == "failed" else None}})
-        if m := re.fullmatch(r"/v1/finetuning/finetuned-models/([\w-]+)", path):
-            ft = self.fake.finetunes.get(m.group(1))
-            if ft is None:
-                rec["status"] = 404
-                return self._send(404, {"message": "finetuned model not found"})
-            ft["gets"] += 1
-            ft["status"] = self.fake.ft_statuses[min(ft["gets"], len(self.fake.ft_statuses) - 1)]
-            rec["status"] = 200
-            return self._send(200, {"finetuned_model": _public(ft)})
-        rec["status"] = 404
-        self._send(404, {"message": f"no route {path}"})
+        if self._auth(rec):
+            rec["status"] = 404
+            self._send(404, {"message": f"no route {rec['path']}"})
 
     def do_POST(self) -> None:
         body = self._body()
         rec = self._record()
         if not self._auth(rec):
             return
-        path = rec["path"]
-        if path == "/v1/datasets":
-            return self._datasets_create(rec, body)
-        if path == "/v1/finetuning/finetuned-models":
-            return self._finetune_create(rec, body)
-        if path == "/v2/chat":
+        if rec["path"] == "/v2/chat":
             return self._chat(rec, body)
         rec["status"] = 404
-        self._send(404, {"message": f"no route {path}"})
-
-    def _datasets_create(self, rec: dict[str, Any], body: bytes) -> None:
-        query = parse_qs(urlsplit(self.path).query)
-        ctype = self.headers.get("Content-Type", "")
-        msg = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
-        files: dict[str, tuple[str | None, bytes]] = {}
-        if msg.is_multipart():
-            for part in msg.get_payload():
-                field = part.get_param("name", header="content-disposition")
-                files[field] = (part.get_filename(), part.get_payload(decode=True))
-        rec.update(query={k: v[0] for k, v in query.items()}, files=sorted(files))
-        if "data" not in files:
-            rec["status"] = 400
-            return self._send(400, {"message": "multipart field 'data' is required"})
-        lines = {k: [json.loads(x) for x in v[1].decode().splitlines() if x.strip()]
-                 for k, v in files.items()}
-        ds_id = f"ds-{len(self.fake.datasets) + 1}"
-        with self.fake.lock:
-            self.fake.datasets[ds_id] = {
-                "id": ds_id, "name": query.get("name", [""])[0],
-                "type": query.get("type", [""])[0], "files": {k: v[0] for k, v in files.items()},
-                "lines": lines, "gets": 0}
-        rec["status"] = 200
-        self._send(200, {"id": ds_id})
-
-    def _finetune_create(self, rec: dict[str, Any], body: bytes) -> None:
-        req = json.loads(body)
-        rec["json"] = req
-        if self.fake.refuse_finetune is not None:
-            status, message = self.fake.refuse_finetune
-            rec["status"] = status
-            return self._send(status, {"message": message})
-        ds_id = req.get("settings", {}).get("dataset_id")
-        if ds_id not in self.fake.datasets:
-            rec["status"] = 400
-            return self._send(400, {"message": f"unknown dataset {ds_id}"})
-        ft_id = f"ft{len(self.fake.finetunes) + 1:04d}"
-        ft = {"id": ft_id, "name": req.get("name"), "settings": req.get("settings"),
-              "status": self.fake.ft_statuses[0], "gets": 0}
-        with self.fake.lock:
-            self.fake.finetunes[ft_id] = ft
-        rec["status"] = 200
-        self._send(200, {"finetuned_model": _public(ft)})
+        self._send(404, {"message": f"no route {rec['path']}"})
 
     def _chat(self, rec: dict[str, Any], body: bytes) -> None:
         req = json.loads(body)
@@ -249,13 +160,16 @@ class _Handler(BaseHTTPRequestHandler):
         action = self.fake.next_action(row)
         rec.update(row=row, action=action, model=req.get("model"), n_messages=len(msgs),
                    roles=[x.get("role") for x in msgs], temperature=req.get("temperature"))
+        if self.fake.models is not None and req.get("model") not in self.fake.models:
+            rec["status"] = 404
+            return self._send(404, {"message": f"model '{req.get('model')}' not found"})
         code = action.split(":")[0]
         if code == "429":
             retry_after = action.split(":", 1)[1] if ":" in action else "0"
             rec["status"] = 429
             return self._send(429, {"message": "too many requests"},
                               headers={"Retry-After": retry_after})
-        if code in ("500", "503", "400", "404"):
+        if code in ("500", "503", "400"):
             rec["status"] = int(code)
             return self._send(int(code), {"message": f"injected {code}"})
         if action == "badjson":
@@ -273,7 +187,3 @@ class _Handler(BaseHTTPRequestHandler):
                                      "content": [{"type": "text", "text": text}]},
                          "usage": {"billed_units": {"input_tokens": 10, "output_tokens": 1}}})
 
-
-def _public(ft: dict[str, Any]) -> dict[str, Any]:
-    return {"id": ft["id"], "name": ft["name"], "settings": ft["settings"],
-            "status": ft["status"], "created_at": NOW, "updated_at": NOW}

@@ -1,12 +1,23 @@
 """The one evaluator: classification and regression metrics from a predictions table."""
 
+import json
 import math
+import runpy
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from clinlm.metrics import classification_metrics, regression_metrics
+from clinlm.metrics import (
+    classification_metrics,
+    is_timing_key,
+    regression_metrics,
+    split_timing,
+    timing_path,
+)
+from tests.conftest import ROOT
 
 
 def test_classification_perfect_and_random():
@@ -54,3 +65,71 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         raise RuntimeError("save failed")
     assert (out / "weights").read_text() == "v1"  # the old folder survives
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left
+
+
+def test_split_timing_takes_out_every_wall_clock_figure():
+    info = {"method": "sft", "n_train": 8, "train_seconds": 9.5, "tokens": 100,
+            "tokens_per_second": 10.5, "seconds": 1.0, "train_loss": 0.5}
+    rest, timing = split_timing(info)
+    assert rest == {"method": "sft", "n_train": 8, "tokens": 100, "train_loss": 0.5}
+    assert timing == {"train_seconds": 9.5, "tokens_per_second": 10.5, "seconds": 1.0}
+    assert not is_timing_key("n_seconds_rows") and is_timing_key("rows_per_second")
+    assert timing_path("noshow", "predict", "gbdt").as_posix() == "metrics/noshow/timing/predict/gbdt.json"
+    with pytest.raises(ValueError, match="phase"):
+        timing_path("noshow", "evaluate", "gbdt")
+
+
+def _stage(monkeypatch, name: str, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [f"stages/{name}.py", *args])
+    runpy.run_module(f"stages.{name}", run_name="__main__")
+
+
+def test_timings_stay_out_of_cached_outputs_and_metrics(tmp_path, monkeypatch):
+    """train -> predict -> evaluate -> compare (gbdt, in process): times go to the timing files
+    only; a rerun with the same code and data leaves train_info.json and the metrics unchanged."""
+    from clinlm.io import write_json, write_parquet
+    from clinlm.noshow.statements import build_statements
+    from clinlm.noshow.synthetic import generate_synthetic
+    from clinlm.split import split_table
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["runs"] = {"gbdt": {"noshow-gbdt": {"task": "noshow", "model": "gbdt"}}}  # compare reads every run
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    train, test = split_table(build_statements(generate_synthetic(400, seed=3)), 0.25, 42, True,
+                              "classification")
+    data = tmp_path / "data" / "processed" / "noshow"
+    write_parquet(data / "train.parquet", train)
+    write_parquet(data / "test.parquet", test)
+    write_json(data / "split.json", {"data_source": "synthetic", "group_by_patient": True})
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    info_path = tmp_path / "data/models/noshow/gbdt/train_info.json"
+    metrics = tmp_path / "metrics/noshow/gbdt.json"
+
+    outputs = []
+    for _ in range(2):
+        _stage(monkeypatch, "train", "--run", "noshow-gbdt")
+        _stage(monkeypatch, "predict", "--run", "noshow-gbdt")
+        _stage(monkeypatch, "evaluate", "--run", "noshow-gbdt")
+        outputs.append((info_path.read_bytes(), metrics.read_bytes(),
+                        (tmp_path / "metrics/noshow/train/gbdt/train_info.json").read_bytes()))
+    assert outputs[0] == outputs[1]  # nothing in them moves with the clock
+
+    info, m = json.loads(outputs[0][0]), json.loads(outputs[0][1])
+    assert info["n_train"] == len(train) and not [k for k in info if is_timing_key(k)]
+    assert m["n_train"] == len(train) and not [k for k in m if is_timing_key(k)]
+    t_train = json.loads(timing_path("noshow", "train", "gbdt").read_text())
+    assert {"train_seconds", "stage_seconds"} <= set(t_train)
+    assert all(is_timing_key(k) for k in t_train)
+    t_pred = json.loads(timing_path("noshow", "predict", "gbdt").read_text())
+    assert t_pred["rows"] == len(test) and t_pred["predict_seconds"] >= 0
+    assert t_pred["rows_per_second"] is None or t_pred["rows_per_second"] > 0
+
+    _stage(monkeypatch, "compare")
+    summary = json.loads((tmp_path / "metrics/summary.json").read_text())
+    assert not [k for k in summary["noshow"]["gbdt"] if is_timing_key(k)]
+    md = (tmp_path / "metrics/summary.md").read_text()
+    assert "| train s | predict s |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| gbdt |"))
+    assert row.split("|")[-3].strip() == f"{t_train['train_seconds']:.3f}"
+    assert row.split("|")[-2].strip() == f"{t_pred['predict_seconds']:.3f}"

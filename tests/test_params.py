@@ -15,9 +15,12 @@ def params():
 
 
 def test_repo_params_are_valid(params):
-    assert "noshow-gbdt" in params["runs"]  # the baseline is in every comparison
+    from clinlm.params import all_runs
+    runs = all_runs(params)
+    assert "noshow-gbdt" in params["runs"]["gbdt"]  # the baseline is in every comparison
+    assert {r["task"] for r in runs.values() if r["method"] == "gbdt"} == set(params["tasks"])
     assert "llama31-8b-sft" in params["models"]  # GPU preset present...
-    assert all(r["model"] != "llama31-8b-sft" for r in params["runs"].values())  # ...not default
+    assert all(r["model"] != "llama31-8b-sft" for r in runs.values())  # ...not default
 
 
 @pytest.mark.parametrize("path,value,needle", [
@@ -52,7 +55,7 @@ def test_stages_check_only_their_own_model_against_the_libraries(params):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
-    from clinlm.pipeline import make_run
+    from clinlm.runs import make_run
     p = copy.deepcopy(params)
     p["models"]["smollm2-sft"]["lora"]["rank"] = 8
     assert make_run("noshow-gbdt", p).model == "gbdt"  # another model's typo does not stop it
@@ -64,13 +67,13 @@ def test_stages_check_only_their_own_model_against_the_libraries(params):
 
 def test_unknown_run_model(params):
     p = copy.deepcopy(params)
-    p["runs"]["x"] = {"task": "noshow", "model": "nope"}
-    with pytest.raises(ParamsError, match="runs.x.model"):
+    p["runs"]["gbdt"]["x"] = {"task": "noshow", "model": "nope"}
+    with pytest.raises(ParamsError, match=r"runs\.gbdt\.x\.model: no model .nope."):
         validate(p)
 
 
 def test_builders_accept_the_repo_sections(params):
-    from clinlm import hf
+    from clinlm.llm import builders as hf
     m = params["models"]["smollm2-sft"]
     lora = hf.build_lora_config(m["lora"])
     assert lora.r == m["lora"]["r"] and lora.lora_alpha == m["lora"]["lora_alpha"]
@@ -101,3 +104,22 @@ def test_params_read_as_yaml_1_2_like_dvc(tmp_path):
     params = load_params(path)
     assert params["models"]["smollm2-sft"]["training"]["save_strategy"] == "no"  # ...still "no"
     assert params["models"]["smollm2-sft"]["lora"]["r"] == 32
+
+
+@pytest.mark.parametrize("overrides,run", [
+    (["+base_models.llama31-8b-instruct={source: meta-llama/Llama-3.1-8B-Instruct}",
+      "+runs.sft.noshow-llama31-8b-sft={task: noshow, model: llama31-8b-sft, base: llama31-8b-instruct}"],
+     "noshow-llama31-8b-sft"),
+    (["+runs.vlm.vascular-smolvlm={task: vascular_age, model: smolvlm-ecg, base: smolvlm-ecg}"],
+     "vascular-smolvlm"),
+    (["+runs.cohere.noshow-cohere={task: noshow, model: cohere-api}"], "noshow-cohere"),
+])
+def test_the_documented_run_commands_validate(tmp_path, overrides, run):
+    """The README's `dvc exp run -S` lines, applied by DVC's own override code, give valid params."""
+    from dvc.utils.hydra import apply_overrides
+
+    from clinlm.params import all_runs
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(path), overrides)
+    assert run in all_runs(load_params(path, library_models=None))

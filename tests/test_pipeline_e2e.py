@@ -100,9 +100,29 @@ def test_status_clean_and_lora_change_reruns_train_only(repo):
     out = sh(["dvc", "repro", "--dry"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # --dry cannot know predict's output will change, so evaluate/compare are not listed
-    assert {"train@noshow-smollm2-sft", "predict@noshow-smollm2-sft"} <= ran
+    assert {"train_sft@noshow-smollm2-sft", "predict_sft@noshow-smollm2-sft"} <= ran
     assert not ran & {"download@noshow", "statements@noshow", "split@noshow", "format@noshow",
-                      "train@noshow-gbdt", "base_model@smollm2-135m-instruct"}
+                      "train_gbdt@noshow-gbdt", "train_head@noshow-smollm2-head",
+                      "base_model@smollm2-135m-instruct"}
+    params["models"]["smollm2-sft"]["lora"]["r"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize("module,stale", [
+    ("clinlm/methods/head.py", {"train_head", "predict_head"}),
+    ("clinlm/cohere_client.py", set()),  # no cohere run: nothing else depends on it
+    ("clinlm/llm/fit.py", {"train_sft", "predict_sft", "train_head", "predict_head"}),
+])
+def test_editing_a_module_stales_only_its_users(repo, module, stale):
+    path = repo / module
+    before = path.read_text()
+    try:
+        path.write_text(before + "\n# edited\n")
+        out = sh(["dvc", "status", "--json"], repo)
+    finally:
+        path.write_text(before)
+    changed = {name.split("@")[0] for name in json.loads(out)}
+    assert changed == stale, (module, sorted(changed))
 
 
 def test_predict_cli_on_a_new_csv(repo, tmp_path):

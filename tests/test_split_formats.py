@@ -5,8 +5,8 @@ import json
 import pandas as pd
 
 from clinlm.formats import write_formats
-from clinlm.noshow.download import generate_synthetic
 from clinlm.noshow.statements import build_statements
+from clinlm.noshow.synthetic import generate_synthetic
 from clinlm.split import split_table
 
 TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will they miss it?"}}
@@ -44,15 +44,16 @@ def test_formats(tmp_path):
     t = _table(300)
     train, test = split_table(t, 0.2, 42, True, "classification")
     counts = write_formats(train, test, TASK, "classification", tmp_path, eval_fraction=0.1, seed=1)
-    chat = [json.loads(x) for x in (tmp_path / "chat_train.jsonl").read_text().splitlines()]
-    assert [m["role"] for m in chat[0]["messages"]] == ["system", "user", "assistant"]
-    assert chat[0]["messages"][2]["content"] in ("Yes", "No")
+    # only the Cohere files: nothing reads a generic chat JSONL (sft/head tokenize the parquet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohere_eval.jsonl", "cohere_train.jsonl"]
     co_train = (tmp_path / "cohere_train.jsonl").read_text().splitlines()
     co_eval = (tmp_path / "cohere_eval.jsonl").read_text().splitlines()
     assert len(co_train) + len(co_eval) == len(train) == counts["train"]
     rec = json.loads(co_eval[0])
     assert list(rec) == ["messages"]
     assert [m["role"] for m in rec["messages"]] == ["System", "User", "Chatbot"]
+    assert rec["messages"][0]["content"] == TASK["prompt"]["system"]
+    assert rec["messages"][2]["content"] in ("Yes", "No")
     test_statements = set(test["statement"])
     assert not any(json.loads(x)["messages"][1]["content"].split("\n")[0] in test_statements
                    for x in co_eval)  # the eval file is carved from train, never test

@@ -27,12 +27,13 @@ class Run:
         task: task name, e.g. ``"noshow"`` or ``"vascular_age"``.
         task_type: ``"classification"`` (label ``Yes``/``No``) or ``"regression"`` (float).
         model: model entry name in ``params.yaml`` (``models.<model>``).
-        cfg: the validated ``models.<model>`` section (plain dict).
+        cfg: the ``models.<model>`` section, as a plain dict with every default filled in
+            (``clinlm.config``) when the Run is made.
         model_dir: where train saves and predict loads (``data/models/<task>/<model>``).
         data_dir: the task's processed data folder (``data/processed/<task>``): split
             parquet files and the format stage's JSONL files live there.
         seed: the global seed.
-        task_cfg: the ``tasks.<task>`` section (prompts, target range, ...).
+        task_cfg: the ``tasks.<task>`` section (prompts, target range, ...), defaults filled.
         log_dir: where training curves go (dvclive), or None.
         work_dir: scratch state that survives an interrupted stage (resumable API calls);
             not a DVC output, so an interrupted predict never dirties ``model_dir``.
@@ -48,6 +49,28 @@ class Run:
     task_cfg: dict[str, Any] = field(default_factory=dict)
     log_dir: Path | None = None
     work_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # every default filled in from the typed configs (clinlm.config): code reads
+        # cfg["predict"]["batch_size"], never cfg.get(key, default)
+        from clinlm.config import model_config_class
+        from clinlm.tasks import TaskSection
+        self.cfg = model_config_class(self.cfg["method"]).model_validate(self.cfg).model_dump()
+        task = {k: v for k, v in self.task_cfg.items() if k != "type"}
+        self.task_cfg = TaskSection.model_validate({"type": self.task_type, **task}).model_dump()
+        self.model_dir = Path(self.model_dir)
+        self.data_dir = Path(self.data_dir)
+
+
+def subsample(df: pd.DataFrame, n: int | None, seed: int, task_type: str) -> pd.DataFrame:
+    """A seeded, stratified (classification) subsample of ``n`` rows; all rows when n is None."""
+    if n is None or n >= len(df):
+        return df
+    if task_type == CLASSIFICATION:
+        frac = n / len(df)
+        parts = [g.sample(frac=frac, random_state=seed) for _, g in df.groupby("label")]
+        return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
 class Method(ABC):

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import pickle
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from clinlm.config import ModelCommon
 from clinlm.methods.base import CLASSIFICATION, Method, Run
+
+
+class GBDTModelConfig(ModelCommon):
+    method: Literal["gbdt"]
+    hist_gbdt: dict[str, Any] = {}     # sklearn HistGradientBoosting* arguments
 
 
 def feature_frame(df: pd.DataFrame) -> pd.DataFrame:

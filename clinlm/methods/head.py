@@ -16,23 +16,17 @@ line when the task has one, with no chat template. Texts longer than ``predict.m
 tokens lose their *beginning* (left truncation) so the question and the pooled last token
 are always kept.
 
-QLoRA as in ``sft``: ``bnb`` (4/8-bit base, ``prepare_model_for_kbit_training``), ``lora``
-(``LoraConfig`` fields; ``task_type`` is forced to ``SEQ_CLS``) and the head module, found
-generically as the top-level child with parameters outside the transformer body, is trained
-in full and saved with the adapter through ``modules_to_save``. Training runs the HF
-``Trainer`` with a padding collator; the loss is computed here (``HeadTrainer``), in float32.
+QLoRA as in ``sft``, through the engine (:mod:`clinlm.llm`): ``bnb``, ``lora`` (``task_type``
+is forced to ``SEQ_CLS``) and the head module -- found generically as the top-level child
+with parameters outside the transformer body -- trained in full and saved with the adapter
+through ``modules_to_save``. The loss (:func:`head_loss`) is computed in float32.
 
-Params keys (``models.<m>``, method ``head``):
-  * ``base``, ``bnb``, ``lora``, ``training``, ``torch_threads``, ``max_train_rows``: as sft.
-  * ``class_weights``: ``null`` (default, plain cross-entropy) or ``"balanced"``: each class
-    weighted by ``n_rows / (2 * n_rows_in_class)`` over the training rows used, i.e.
-    inverse class frequency, so both classes carry the same total weight (for imbalanced
-    labels such as no-shows). Classification only; ignored (logged) for regression.
-  * ``predict``: ``batch_size`` (32), ``max_length`` (256, also used in training),
-    ``dtype`` (the base model's load dtype, default ``auto``), ``autocast_dtype`` (default:
-    ``bfloat16``/``float16`` when ``training.bf16``/``training.fp16`` is on, else none;
-    keep float32 on CPUs without native bf16 matmuls), ``merge_adapter`` (default true:
-    fold LoRA into dequantized linear layers for prediction, see ``hf.merge_lora_dequantized``).
+Params keys (``models.<m>``, method ``head``; defaults in :mod:`clinlm.config`):
+  * ``class_weights``: ``null`` (plain cross-entropy) or ``"balanced"``: each class weighted
+    by ``n_rows / (2 * n_rows_in_class)`` over the training rows used (inverse class
+    frequency, for imbalanced labels such as no-shows). Classification only.
+  * ``predict.max_length`` is also the training truncation length.
+  * the rest as every LLM method (``base``, ``dtype``, ``bnb``, ``lora``, ``training``, ...).
 
 Saved in ``run.model_dir``: the adapter (LoRA weights + full head weights), the tokenizer,
 ``head.json`` (task type, label map, target scaler, text question, head module names,
@@ -42,27 +36,27 @@ and dtype layout) and loads the adapter, so it reproduces the trained model's ou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from clinlm import hf
-from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
-from clinlm.methods.sft import subsample
+from clinlm.llm.config import LLMConfig
+from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run, subsample
 
 log = logging.getLogger(__name__)
 
 LABELS: dict[str, int] = {"No": 0, "Yes": 1}
 META_FILE = "head.json"
-CLASS_WEIGHTS = (None, "balanced")
+
+
+class HeadModelConfig(LLMConfig):
+    method: Literal["head"]
+    class_weights: Literal["balanced"] | None = None
 
 
 @dataclass
@@ -110,14 +104,17 @@ def balanced_class_weights(y: np.ndarray, num_classes: int = 2) -> list[float]:
 
 
 def head_loss(logits, labels, task_type: str, class_weights=None):
-    """The training loss, in float32: (weighted) cross-entropy or MSE on standardised targets."""
+    """Summed float32 loss and row count: (weighted) cross-entropy, or squared error on
+    standardised targets (:func:`clinlm.llm.fit.fit` divides by the step's row count)."""
     import torch.nn.functional as F
 
     logits = logits.float()
     if task_type == CLASSIFICATION:
         weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
-        return F.cross_entropy(logits, labels.long().view(-1), weight=weight)
-    return F.mse_loss(logits.view(-1), labels.float().view(-1))
+        loss = F.cross_entropy(logits, labels.long().view(-1), weight=weight, reduction="sum")
+    else:
+        loss = F.mse_loss(logits.view(-1), labels.float().view(-1), reduction="sum")
+    return loss, int(labels.shape[0])
 
 
 def head_texts(statements: list[str], question: str | None) -> list[str]:
@@ -139,35 +136,8 @@ def head_module_names(model) -> list[str]:
     return names
 
 
-def autocast_dtype(cfg: dict[str, Any]) -> str | None:
-    """``predict.autocast_dtype`` if set, else the training precision (bf16/fp16 flags), else None."""
-    pcfg = cfg.get("predict") or {}
-    if "autocast_dtype" in pcfg:
-        return pcfg["autocast_dtype"]
-    training = cfg.get("training") or {}
-    if training.get("bf16"):
-        return "bfloat16"
-    if training.get("fp16"):
-        return "float16"
-    return None
-
-
-def load_head_model(cfg: dict[str, Any], num_labels: int, pad_token_id: int,
-                    task_type: str):
-    """Base LM as ``AutoModelForSequenceClassification`` (bnb/dtype from params), pad id set."""
-    from transformers import AutoModelForSequenceClassification
-
-    kw = hf.model_load_kwargs(cfg.get("bnb"), (cfg.get("predict") or {}).get("dtype"))
-    problem = "single_label_classification" if task_type == CLASSIFICATION else "regression"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg["base"], num_labels=num_labels, problem_type=problem, pad_token_id=pad_token_id, **kw)
-    model.config.pad_token_id = pad_token_id  # the pooling looks for the last non-pad token
-    model.config.use_cache = False
-    return model
-
-
 def head_logits(model, tok, texts: list[str], batch_size: int = 32, max_length: int = 256,
-                autocast: str | None = None, desc: str = "head") -> np.ndarray:
+                autocast_dtype: str | None = None, desc: str = "head") -> np.ndarray:
     """Raw head outputs (n, num_labels) float32 for ``texts``, in input order.
 
     Texts are sorted by token length so batches carry little padding (right padding; the
@@ -176,14 +146,14 @@ def head_logits(model, tok, texts: list[str], batch_size: int = 32, max_length: 
     import torch
     from tqdm.auto import tqdm
 
+    from clinlm.llm.scorer import autocast
+
     model.eval()
     enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(e) for e in enc], kind="stable")
     dev = next(model.parameters()).device
-    dtype = hf.resolve_dtype(autocast)
-    ctx = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     out = np.zeros((len(texts), int(model.config.num_labels)), dtype=np.float32)
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast(model, autocast_dtype):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
             idx = order[start:start + batch_size]
             batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
@@ -194,31 +164,27 @@ def head_logits(model, tok, texts: list[str], batch_size: int = 32, max_length: 
 
 
 def _tokenizer(path: str | Path):
-    tok = hf.load_tokenizer(str(path), padding_side="right")
-    tok.truncation_side = "left"
-    return tok
+    from clinlm.llm.load import load_tokenizer
+    return load_tokenizer(path, padding_side="right", truncation_side="left")
 
 
-def _head_trainer_class():
-    """``Trainer`` whose loss is :func:`head_loss` (class weights, float32 logits)."""
-    from transformers import Trainer
+def _head_kwargs(task_type: str, num_labels: int, pad_token_id: int) -> dict[str, Any]:
+    """``from_pretrained`` kwargs of the sequence-classification model."""
+    problem = "single_label_classification" if task_type == CLASSIFICATION else "regression"
+    return {"num_labels": num_labels, "problem_type": problem, "pad_token_id": pad_token_id}
 
-    class HeadTrainer(Trainer):
-        # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps
-        loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, task_type: str, class_weights=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.task_type, self.class_weights = task_type, class_weights
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            loss = head_loss(outputs.logits, labels, self.task_type, self.class_weights)
-            return (loss, outputs) if return_outputs else loss
-
-    return HeadTrainer
+def _lora_for_head(lora: dict[str, Any]):
+    """The LoRA section for a loaded seq-cls model: SEQ_CLS, the new head trained in full."""
+    def build(model) -> dict[str, Any]:
+        out = dict(lora)
+        if out.get("task_type") not in (None, "SEQ_CLS"):
+            log.info("lora.task_type %r replaced by SEQ_CLS for the head method", out["task_type"])
+        out["task_type"] = "SEQ_CLS"
+        out["modules_to_save"] = list(dict.fromkeys([*(out.get("modules_to_save") or []),
+                                                     *head_module_names(model)]))
+        return out
+    return build
 
 
 class HeadMethod(Method):
@@ -239,127 +205,80 @@ class HeadMethod(Method):
         """Train LoRA adapters + the head; save adapter, tokenizer and ``head.json``."""
         import torch
         from datasets import Dataset
-        from peft import get_peft_model, prepare_model_for_kbit_training
-        from transformers import DataCollatorWithPadding, TrainingArguments
+        from transformers import DataCollatorWithPadding
+
+        from clinlm.llm.fit import fit
+        from clinlm.llm.load import load_model
 
         cfg = run.cfg
-        hf.set_threads(cfg.get("torch_threads"))
-        torch.manual_seed(run.seed)
-        cw = cfg.get("class_weights")
-        if cw not in CLASS_WEIGHTS:
-            raise ValueError(f"class_weights: expected null or 'balanced', got {cw!r}")
-        df = subsample(train_df, cfg.get("max_train_rows"), run.seed, run.task_type)
+        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
         y = encode_labels(df["label"], run.task_type)
         classification = run.task_type == CLASSIFICATION
         num_labels = 2 if classification else 1
         scaler, weights = None, None
         if classification:
             labels = y.tolist()
-            if cw == "balanced":
+            if cfg["class_weights"] == "balanced":
                 weights = balanced_class_weights(y)
         else:
-            if cw is not None:
-                log.info("class_weights=%r ignored for a regression task", cw)
+            if cfg["class_weights"] is not None:
+                log.info("class_weights=%r ignored for a regression task", cfg["class_weights"])
             scaler = TargetScaler.fit(y)
             labels = scaler.transform(y).astype(np.float32).tolist()
 
-        pcfg = cfg.get("predict") or {}
-        max_length = int(pcfg.get("max_length", 256))
-        question = (run.task_cfg.get("prompt") or {}).get("question")
+        max_length = cfg["predict"]["max_length"]
+        question = run.task_cfg["prompt"]["question"] or None
         tok = _tokenizer(cfg["base"])
-        texts = head_texts(df["statement"].tolist(), question)
-        ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-        data = Dataset.from_dict({"input_ids": ids, "labels": labels})
-        n_tokens = sum(map(len, ids))
+        ids = tok(head_texts(df["statement"].tolist(), question), truncation=True,
+                  max_length=max_length)["input_ids"]
+        model = load_model(cfg, "seq_cls", lora=_lora_for_head(cfg["lora"]), seed=run.seed,
+                           gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")),
+                           **_head_kwargs(run.task_type, num_labels, tok.pad_token_id))
+        heads = head_module_names(model.get_base_model())
+        cw = None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
-        model = load_head_model(cfg, num_labels, tok.pad_token_id, run.task_type)
-        heads = head_module_names(model)
-        training = dict(cfg.get("training") or {})
-        quantized = hf.build_bnb_config(cfg.get("bnb")) is not None
-        if quantized:
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=bool(training.get("gradient_checkpointing")))
-        elif training.get("gradient_checkpointing"):
-            model.enable_input_require_grads()
-        lora = dict(cfg["lora"])
-        if lora.get("task_type") not in (None, "SEQ_CLS"):
-            log.info("lora.task_type %r replaced by SEQ_CLS for the head method", lora["task_type"])
-        lora["task_type"] = "SEQ_CLS"
-        lora["modules_to_save"] = list(dict.fromkeys([*(lora.get("modules_to_save") or []), *heads]))
-        model = get_peft_model(model, hf.build_lora_config(lora))
-
-        out = Path(run.model_dir)
-        targs = hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed)
-        callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
-        args = TrainingArguments(**targs)
-        trainer = _head_trainer_class()(
-            model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
-            callbacks=callbacks, task_type=run.task_type,
-            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32))
-        t0 = time.time()
-        result = trainer.train()
-        seconds = time.time() - t0
-        model = trainer.model
-        model.eval()
+        def loss_fn(model, inputs):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            return head_loss(model(**inputs).logits, labels, run.task_type, cw)
 
         meta = {"task_type": run.task_type, "num_labels": num_labels,
                 "labels": LABELS if classification else None,
                 "scaler": asdict(scaler) if scaler else None, "question": question,
                 "head_modules": heads, "class_weights": weights, "max_length": max_length}
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / META_FILE).write_text(json.dumps(meta, indent=2))
-        (out / "resolved_config.json").write_text(json.dumps(
-            {"model": run.model, "task": run.task, "cfg": cfg, "task_cfg": run.task_cfg}, indent=2))
-        self.model, self.tok, self.meta = model, tok, meta
-
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        info = {
-            "method": self.name, "base": cfg["base"], "n_train": len(df),
-            "n_train_available": len(train_df), "train_seconds": round(seconds, 1),
-            "tokens": n_tokens,
-            "tokens_per_second": round(n_tokens * args.num_train_epochs / max(seconds, 1e-9), 1),
-            "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-            "head_modules": heads, "class_weights": weights,
-        }
+        trainer, info = fit(run, model, Dataset.from_dict({"input_ids": ids, "labels": labels}),
+                            processing_class=tok, loss_fn=loss_fn,
+                            data_collator=DataCollatorWithPadding(tok),
+                            n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta})
+        self.model, self.tok, self.meta = trainer.model.eval(), tok, meta
+        info.update(n_train=len(df), n_train_available=len(train_df), head_modules=heads,
+                    class_weights=weights)
         if scaler is not None:
             info.update(target_mean=scaler.mean, target_std=scaler.std)
         return info
 
     def load(self, run: Run) -> tuple[Any, Any, dict[str, Any]]:
         """(model, tokenizer, meta) from ``run.model_dir``: base as in training + the adapter."""
-        from peft import PeftModel, prepare_model_for_kbit_training
+        from clinlm.llm.load import load_model
 
-        cfg, model_dir = run.cfg, Path(run.model_dir)
-        hf.set_threads(cfg.get("torch_threads"))
-        meta = json.loads((model_dir / META_FILE).read_text())
+        meta = json.loads((run.model_dir / META_FILE).read_text())
         if meta["task_type"] != run.task_type:
-            raise ValueError(f"{model_dir} was trained for {meta['task_type']}, not {run.task_type}")
-        tok = _tokenizer(model_dir)
-        base = load_head_model(cfg, int(meta["num_labels"]), tok.pad_token_id, run.task_type)
-        if hf.build_bnb_config(cfg.get("bnb")) is not None:
-            # the same fp32 upcast of the non-quantized weights as in training (no checkpointing)
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-        else:
-            base = base.to(hf.device())
-        model = PeftModel.from_pretrained(base, str(model_dir))
-        if (cfg.get("predict") or {}).get("merge_adapter", True):
-            # LoRA folded into dequantized linear layers: same outputs up to float rounding,
-            # faster (no per-call dequantization, no extra LoRA matmuls); the head stays.
-            model = hf.merge_lora_dequantized(model, (cfg.get("predict") or {}).get("dtype"))
-        return model.eval(), tok, meta
+            raise ValueError(f"{run.model_dir} was trained for {meta['task_type']}, "
+                             f"not {run.task_type}")
+        tok = _tokenizer(run.model_dir)
+        model = load_model(run.cfg, "seq_cls", adapter=run.model_dir,
+                           **_head_kwargs(run.task_type, int(meta["num_labels"]), tok.pad_token_id))
+        model.config.pad_token_id = tok.pad_token_id  # the pooling looks for the last non-pad
+        return model, tok, meta
 
     def predict_loaded(self, run: Run, df: pd.DataFrame, model, tok,
                        meta: dict[str, Any]) -> pd.DataFrame:
         """Predict ``df`` with an already loaded/trained model (the schema of ``predict``)."""
-        pcfg = run.cfg.get("predict") or {}
+        from clinlm.llm.scorer import autocast_dtype
+
+        pcfg = run.cfg["predict"]
         texts = head_texts(df["statement"].tolist(), meta.get("question"))
-        logits = head_logits(model, tok, texts, int(pcfg.get("batch_size", 32)),
-                             int(pcfg.get("max_length", meta.get("max_length", 256))),
+        logits = head_logits(model, tok, texts, pcfg["batch_size"], pcfg["max_length"],
                              autocast_dtype(run.cfg), desc=f"head {run.task}")
         ids = df["id"].to_numpy()
         if meta["task_type"] == CLASSIFICATION:

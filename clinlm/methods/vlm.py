@@ -37,18 +37,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, PositiveInt
 
-from clinlm import hf
-from clinlm.methods.base import REGRESSION, Method, Run
-from clinlm.methods.sft import subsample
-from clinlm.scoring import AnswerScorer
+from clinlm.config import Strict
+from clinlm.llm.config import LLMConfig, PredictConfig
+from clinlm.llm.scorer import Scorer, autocast_dtype
+from clinlm.methods.base import REGRESSION, Method, Run, subsample
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,23 @@ IMAGE, TEXT = "{image}", "{text}"
 META_FILE = "vlm.json"
 
 
-def vlm_family(base: str | Path) -> str:
-    """``"idefics"`` for Idefics (v1) checkpoints, else ``"auto"`` (AutoModelForImageTextToText)."""
-    from transformers import AutoConfig
-    return "idefics" if AutoConfig.from_pretrained(str(base)).model_type == "idefics" else "auto"
+class VLMPredictConfig(PredictConfig):
+    batch_size: PositiveInt = 8        # a row carries an image: smaller batches
+
+
+class ImageAugmentConfig(Strict):
+    augment: bool = True
+    max_shift: float = Field(0.02, ge=0, lt=0.5)  # fraction of the image size
+    max_scale: float = Field(0.05, ge=0, lt=0.5)
+    dir: str | None = None                        # default: data/interim/<task>/images
+
+
+class VLMModelConfig(LLMConfig):
+    method: Literal["vlm"]
+    predict: VLMPredictConfig = VLMPredictConfig()
+    image: ImageAugmentConfig = ImageAugmentConfig()
+    prompt_template: str | None = None  # null = clinlm.methods.vlm.DEFAULT_TEMPLATE
+    ecg_text: bool = False              # also give the ECG sentence as text
 
 
 def row_texts(statements: list[str], ecg_text: bool) -> list[str]:
@@ -132,9 +144,9 @@ class VLMCollator:
 
     def __init__(self, proc: Any, family: str, image_cfg: dict[str, Any], seed: int) -> None:
         self.proc, self.family = proc, family
-        self.augment = bool(image_cfg.get("augment", True))
-        self.max_shift = float(image_cfg.get("max_shift", 0.02))
-        self.max_scale = float(image_cfg.get("max_scale", 0.05))
+        self.augment = bool(image_cfg["augment"])
+        self.max_shift = float(image_cfg["max_shift"])
+        self.max_scale = float(image_cfg["max_scale"])
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,49 +168,21 @@ class VLMCollator:
         return batch
 
 
-def vlm_answer_loss(model: Any, inputs: dict[str, Any]):
-    """Mean next-token cross-entropy at the answer positions (labels != -100) only."""
-    import torch.nn.functional as F
+def load_vlm(cfg: dict[str, Any], adapter: str | Path | None = None,
+             lora: dict[str, Any] | None = None, seed: int | None = None,
+             gradient_checkpointing: bool = False) -> tuple[Any, Any, str]:
+    """(model, processor, family) of a vlm model entry, through the engine's ``load_model``;
+    the processor comes from the trained run's folder when ``adapter`` is given."""
+    from clinlm.llm.load import image_text_family, load_model, load_processor
 
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    hidden = causal.model(**inputs, use_cache=False).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, target[keep])
+    model = load_model(cfg, "image_text", adapter=adapter, lora=lora, seed=seed,
+                       gradient_checkpointing=gradient_checkpointing)
+    return model, load_processor(adapter or cfg["base"]), image_text_family(cfg["base"])
 
 
-def _trainer_class():
-    from transformers import Trainer
-
-    class VLMTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = vlm_answer_loss(model, inputs)
-            return (loss, None) if return_outputs else loss
-
-    return VLMTrainer
-
-
-def load_vlm(base: str | Path, bnb: dict[str, Any] | None, dtype: str | None,
-             processor_dir: str | Path | None = None) -> tuple[Any, Any, str]:
-    """(model, processor, family) for a VLM folder or hub id (bnb/dtype as in params); the
-    processor comes from ``processor_dir`` when given (a trained run's folder)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor, IdeficsForVisionText2Text
-
-    family = vlm_family(base)
-    cls = IdeficsForVisionText2Text if family == "idefics" else AutoModelForImageTextToText
-    model = cls.from_pretrained(str(base), **hf.model_load_kwargs(bnb, dtype))
-    model.config.use_cache = False
-    proc = AutoProcessor.from_pretrained(str(processor_dir or base))
-    if proc.tokenizer.pad_token is None:
-        proc.tokenizer.pad_token = proc.tokenizer.eos_token
-    return model, proc, family
-
-
-class VLMScorer(AnswerScorer):
-    """:class:`AnswerScorer` whose prompt pass runs the image too (``images`` set per call).
+class VLMScorer(Scorer):
+    """:class:`Scorer` whose items are ``(prompt text, image)`` pairs: the prompt pass runs the
+    image too.
 
     The digit steps of the numeric decoding are text-only on the prompt's KV cache: the
     language model for token-image models; for Idefics (v1), whose text layers cross-attend
@@ -209,29 +193,31 @@ class VLMScorer(AnswerScorer):
                  autocast_dtype: str | None = None) -> None:
         super().__init__(model, proc.tokenizer, batch_size, 10**9, autocast_dtype,
                          prefix_cache=False)
-        self.proc, self.family, self.images = proc, family, None
+        self.proc, self.family = proc, family
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = causal.model
         self._image_states = None
         if family == "idefics":
-            self.decoder = self.body  # numeric reads its attention implementation
+            self.decoder = self.body  # its attention implementation is the one to read
 
-    def prompt_batches(self, prompts: list[str], desc: str = "scoring", keep_cache: bool = False):
-        """As :meth:`AnswerScorer.prompt_batches`, with ``self.images[i]`` in prompt ``i``."""
+    def prompt_text(self, item: tuple[str, Any]) -> str:
+        return item[0]
+
+    def prompt_batches(self, prompts: list[tuple[str, Any]], desc: str = "scoring",
+                       keep_cache: bool = False):
+        """As :meth:`Scorer.prompt_batches`; item ``i`` is ``(text, image or image path)``."""
         import torch
         from tqdm.auto import tqdm
 
-        if self.images is None or len(self.images) != len(prompts):
-            raise ValueError("VLMScorer: set .images (one per prompt) before scoring")
         self.tok.padding_side = "left"
-        dev = next(self.model.parameters()).device
-        with torch.inference_mode(), self._autocast():
+        dev = self.device
+        with torch.inference_mode(), self.autocast():
             for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, unit="batch"):
                 idx = np.arange(start, min(start + self.batch_size, len(prompts)))
-                imgs = [load_image(self.images[i]) if isinstance(self.images[i], str | Path)
-                        else self.images[i] for i in idx]
+                imgs = [load_image(im) if isinstance(im, str | Path) else im
+                        for im in (prompts[i][1] for i in idx)]
                 enc = {k: v.to(dev) for k, v in
-                       encode(self.proc, self.family, [prompts[i] for i in idx], imgs).items()}
+                       encode(self.proc, self.family, [prompts[i][0] for i in idx], imgs).items()}
                 mask = enc.pop("attention_mask")
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
                 out = self.body(attention_mask=mask, position_ids=pos, use_cache=True, **enc)
@@ -261,103 +247,60 @@ class VLMMethod(Method):
 
     def _prompts_and_images(self, run: Run, df: pd.DataFrame) -> tuple[list[str], list[Path]]:
         cfg = run.cfg
-        image_dir = Path((cfg.get("image") or {}).get("dir") or
+        image_dir = Path(cfg["image"]["dir"] or
                          run.data_dir.parent.parent / "interim" / run.task / "images")
         paths = [image_dir / f"{i}.png" for i in df["id"].astype(str)]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} ECG image(s) missing, e.g. {missing[0]} "
                                     f"(run the render stage; source csv has no recordings)")
-        texts = row_texts(df["statement"].tolist(), bool(cfg.get("ecg_text", False)))
-        return build_prompts(texts, cfg.get("prompt_template") or DEFAULT_TEMPLATE), paths
+        texts = row_texts(df["statement"].tolist(), cfg["ecg_text"])
+        return build_prompts(texts, cfg["prompt_template"] or DEFAULT_TEMPLATE), paths
 
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         """Train LoRA (+ ``modules_to_save``) on the answer tokens; save adapter + processor."""
-        import torch
-        from peft import get_peft_model, prepare_model_for_kbit_training
-        from transformers import TrainingArguments
+        from clinlm.llm.fit import fit
+        from clinlm.llm.project import answer_loss
 
         if run.task_type != REGRESSION:
             raise ValueError(f"vlm predicts a number; task {run.task} is {run.task_type}")
         cfg = run.cfg
-        hf.set_threads(cfg.get("torch_threads"))
-        torch.manual_seed(run.seed)
-        df = subsample(train_df, cfg.get("max_train_rows"), run.seed, run.task_type)
+        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
         prompts, paths = self._prompts_and_images(run, df)
-        model, proc, family = load_vlm(cfg["base"], cfg.get("bnb"),
-                                       (cfg.get("predict") or {}).get("dtype"))
+        model, proc, family = load_vlm(
+            cfg, lora=cfg["lora"], seed=run.seed,
+            gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
         answers = answer_strings(df["label"], proc.tokenizer)
         rows = [{"prompt": p, "image": str(i), "answer": a}
                 for p, i, a in zip(prompts, paths, answers, strict=True)]
-        training = dict(cfg.get("training") or {})
-        if hf.build_bnb_config(cfg.get("bnb")) is not None:
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=bool(training.get("gradient_checkpointing")))
-        model = get_peft_model(model, hf.build_lora_config(cfg["lora"]))
-
-        out = Path(run.model_dir)
-        targs = hf.build_training_kwargs(training, str(out / "checkpoints"), run.seed)
-        targs["remove_unused_columns"] = False  # the collator needs the raw rows
-        callbacks = hf.training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
-        args = TrainingArguments(**targs)
-        trainer = _trainer_class()(
-            model=model, args=args, train_dataset=rows, callbacks=callbacks,
-            data_collator=VLMCollator(proc, family, cfg.get("image") or {}, run.seed))
-        t0 = time.time()
-        result = trainer.train()
-        seconds = time.time() - t0
-
-        out.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(out)
-        proc.save_pretrained(out)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         base_info = Path(cfg["base"]) / "materialized.json"
         parts = json.loads(base_info.read_text()) if base_info.exists() else {}
         meta = {"family": family, "task_type": run.task_type,
                 "pretrained": parts.get("pretrained", ["all (from the base checkpoint)"]),
                 "random_init": parts.get("random_init", [])}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2))
-        (out / "resolved_config.json").write_text(json.dumps(
-            {"model": run.model, "task": run.task, "cfg": cfg, "task_cfg": run.task_cfg}, indent=2))
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        return {
-            "method": self.name, "base": cfg["base"], "family": family, "n_train": len(df),
-            "n_train_available": len(train_df), "train_seconds": round(seconds, 1),
-            "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "trainable_parameters": int(sum(p.numel() for p in model.parameters()
-                                            if p.requires_grad)),
-            "pretrained_parts": meta["pretrained"], "random_init_parts": meta["random_init"],
-        }
+        _, info = fit(run, model, rows, processing_class=proc, loss_fn=answer_loss,
+                      data_collator=VLMCollator(proc, family, cfg["image"], run.seed),
+                      remove_unused_columns=False,  # the collator needs the raw rows
+                      meta_files={META_FILE: meta})
+        info.update(family=family, n_train=len(df), n_train_available=len(train_df),
+                    pretrained_parts=meta["pretrained"], random_init_parts=meta["random_init"])
+        return info
 
     def load_scorer(self, run: Run) -> VLMScorer:
         """Base as in training + the saved adapter (folded into the layers when asked)."""
-        from peft import PeftModel, prepare_model_for_kbit_training
-
-        cfg, pcfg = run.cfg, run.cfg.get("predict") or {}
-        hf.set_threads(cfg.get("torch_threads"))
-        model, proc, family = load_vlm(cfg["base"], cfg.get("bnb"), pcfg.get("dtype"),
-                                       processor_dir=run.model_dir)
-        if hf.build_bnb_config(cfg.get("bnb")) is not None:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        else:
-            model = model.to(hf.device())
-        model = PeftModel.from_pretrained(model, str(run.model_dir))
-        if pcfg.get("merge_adapter", True):
-            model = hf.merge_lora_dequantized(model, pcfg.get("dtype"))
-        return VLMScorer(model.eval(), proc, family, int(pcfg.get("batch_size", 8)),
-                         pcfg.get("autocast_dtype"))
+        model, proc, family = load_vlm(run.cfg, adapter=run.model_dir)
+        return VLMScorer(model, proc, family, run.cfg["predict"]["batch_size"],
+                         autocast_dtype(run.cfg))
 
     def predict_with(self, scorer: VLMScorer, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """Numeric decoding of every row with a loaded scorer (the schema of ``predict``)."""
-        from clinlm.numeric import decode_numeric
+        from clinlm.llm.numeric import decode_numeric
 
         prompts, paths = self._prompts_and_images(run, df)
-        scorer.images = [str(p) for p in paths]
-        ans = run.task_cfg.get("answer") or {}
+        ans = run.task_cfg["answer"]
         strategy = "levels" if scorer.family == "idefics" else "auto"
-        est = decode_numeric(scorer, prompts, int(ans.get("min", 18)), int(ans.get("max", 110)),
-                             strategy=strategy)
+        est = decode_numeric(scorer, [(p, str(i)) for p, i in zip(prompts, paths, strict=True)],
+                             ans["min"], ans["max"], strategy=strategy)
         return pd.DataFrame({"id": df["id"].to_numpy(), **est})
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,8 @@ years. Modules:
 * :mod:`clinlm.vascular.statements` -- the method table (``id, group, statement, label,
   f_*``);
 * :mod:`clinlm.vascular.render` -- fast ECG-paper images for vision-language models.
+* :mod:`clinlm.vascular.task` -- the task behind the generic stages (``VascularAgeTask``,
+  its download/statements config models, ``render_images``).
 
 Submodules are imported lazily by their users (neurokit2 is slow to import).
 """

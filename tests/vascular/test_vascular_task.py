@@ -1,4 +1,4 @@
-"""clinlm.vascular.pipeline: download -> subjects/signals files -> statements table -> images."""
+"""clinlm.vascular.task: download -> subjects/signals files -> statements table -> images."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 
 from clinlm.io import DataError
-from clinlm.vascular.pipeline import build_table, download, render_images, table_from_csv
+from clinlm.vascular.task import VascularAgeTask, render_images
+from tests.conftest import SHARED
 
-PTBXL = Path(__file__).resolve().parents[2] / "shared/data/ptbxl-500"
+TASK = VascularAgeTask()
+
+PTBXL = SHARED / "ptbxl-500"
 
 _HEADER = "PatientID,Age,Gender,Height_m,Weight,HR,PR_s,QRS duration,QT,QTc,Axis,VascAge\n"
 _ROWS = ("a1,54,M,1.78,82,68,0.160,94,398,423,35,60\n"
@@ -41,7 +44,8 @@ def _check_schema(table: pd.DataFrame, n: int) -> None:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("raw_synthetic")
-    info = download({"source": "synthetic", "n_synthetic": 40, "noise_sd": 4.0}, 42, out)
+    info = TASK.download({"download": {"source": "synthetic", "n_synthetic": 40,
+                                       "noise_sd": 4.0}}, 42, out)
     return out, info
 
 
@@ -63,7 +67,7 @@ def test_synthetic_download_files_and_info(synthetic: tuple[Path, dict]) -> None
 
 def test_synthetic_build_table(synthetic: tuple[Path, dict]) -> None:
     out, _ = synthetic
-    table = build_table({"statements": {}}, out)
+    table = TASK.build_table({"statements": {}}, out)
     _check_schema(table, 40)
     raw = pd.read_parquet(out / "subjects.parquet")
     np.testing.assert_allclose(table["label"], raw["vascular_age"])
@@ -73,10 +77,10 @@ def test_synthetic_build_table(synthetic: tuple[Path, dict]) -> None:
     assert table["statement"].str.contains("year-old").all()
     assert "Risk factors:" in table["statement"].iloc[0] and "ECG:" in table["statement"].iloc[0]
     # statement options pass through; unknown ones are refused
-    no_risk = build_table({"statements": {"include_risk_factors": False}}, out)
+    no_risk = TASK.build_table({"statements": {"include_risk_factors": False}}, out)
     assert not no_risk["statement"].str.contains("Risk factors").any()
     with pytest.raises(ValueError, match="unknown key"):
-        build_table({"statements": {"history": True}}, out)
+        TASK.build_table({"statements": {"history": True}}, out)
 
 
 def test_render_images(synthetic: tuple[Path, dict], tmp_path: Path) -> None:
@@ -98,11 +102,11 @@ def test_render_images(synthetic: tuple[Path, dict], tmp_path: Path) -> None:
 
 def test_download_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown key"):
-        download({"source": "synthetic", "n_rows": 5}, 1, tmp_path)
+        TASK.download({"download": {"source": "synthetic", "n_rows": 5}}, 1, tmp_path)
     with pytest.raises(ValueError, match="not one of"):
-        download({"source": "kaggle"}, 1, tmp_path)
+        TASK.download({"download": {"source": "kaggle"}}, 1, tmp_path)
     with pytest.raises(ValueError, match="csv_path is required"):
-        download({"source": "csv"}, 1, tmp_path)
+        TASK.download({"download": {"source": "csv"}}, 1, tmp_path)
 
 
 def test_csv_source(tmp_path: Path) -> None:
@@ -111,10 +115,10 @@ def test_csv_source(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     (raw / "signals.npy").parent.mkdir()
     (raw / "signals.npy").write_bytes(b"stale")  # from an earlier source
-    info = download({**CSV_CFG, "csv_path": str(csv)}, 1, raw)
+    info = TASK.download({"download": {**CSV_CFG, "csv_path": str(csv)}}, 1, raw)
     assert info["data_source"] == "csv" and info["n_rows"] == 3 and "noise_floor_mae" not in info
     assert not (raw / "signals.npy").exists()
-    table = build_table({}, raw)
+    table = TASK.build_table({}, raw)
     _check_schema(table, 3)
     assert table["label"].tolist() == [60.0, 70.5, 44.0]
     assert table["statement"][0].startswith("A 54-year-old man, height 178 cm, weight 82 kg")
@@ -124,17 +128,17 @@ def test_csv_source(tmp_path: Path) -> None:
 
     # the same file through table_from_csv (clinlm predict): identical table
     task = {"download": {**CSV_CFG, "source": "synthetic"}, "statements": {}}
-    pd.testing.assert_frame_equal(table_from_csv(task, csv), table)
+    pd.testing.assert_frame_equal(TASK.table_from_csv(task, csv), table)
     # without the target column: label NaN, statements unchanged
     unl = tmp_path / "new.csv"
     pd.read_csv(csv, dtype=str).drop(columns="VascAge").to_csv(unl, index=False)
-    t2 = table_from_csv(task, unl)
+    t2 = TASK.table_from_csv(task, unl)
     assert t2["label"].isna().all() and t2["statement"].tolist() == table["statement"].tolist()
     # a bad cell names the user's file (not a temp copy), row and column
     bad = tmp_path / "bad.csv"
     bad.write_text(_HEADER.replace(",VascAge", "") + "b1,50,M,1.70,70,350,0.15,90,400,410,30\n")
     with pytest.raises(DataError) as ei:
-        table_from_csv(task, bad)
+        TASK.table_from_csv(task, bad)
     assert (ei.value.path, ei.value.row, ei.value.column) == (str(bad), 1, "HR")
     assert str(ei.value).startswith(f"{bad}, row 1, column 'HR': impossible")
 
@@ -142,13 +146,13 @@ def test_csv_source(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (PTBXL / "ptbxl_database.csv").is_file(),
                     reason=f"real PTB-XL subset not found at {PTBXL} (see shared/data/README.md)")
 def test_ptbxl_source(tmp_path: Path) -> None:
-    info = download({"source": "ptbxl", "ptbxl_dir": str(PTBXL), "target_column": "age",
-                     "max_records": 20}, 1, tmp_path)
+    info = TASK.download({"download": {"source": "ptbxl", "ptbxl_dir": str(PTBXL),
+                                       "target_column": "age", "max_records": 20}}, 1, tmp_path)
     assert info["data_source"] == "ptbxl" and info["target_column"] == "target"
     n = info["n_rows"]
     assert 15 <= n <= 20 and n + info["n_dropped_missing_target"] == 20
     assert np.load(tmp_path / "signals.npy", mmap_mode="r").shape == (n, 1000, 12)
-    table = build_table({}, tmp_path)
+    table = TASK.build_table({}, tmp_path)
     _check_schema(table, n)
     raw = pd.read_parquet(tmp_path / "subjects.parquet")
     np.testing.assert_allclose(table["label"], raw["age"])
@@ -157,4 +161,4 @@ def test_ptbxl_source(tmp_path: Path) -> None:
     assert not table["statement"].str.contains("year-old").any()
     assert table["f_qrs_ms"].notna().mean() > 0.8
     with pytest.raises(ValueError, match="chronological age"):
-        build_table({"statements": {"include_age": True}}, tmp_path)
+        TASK.build_table({"statements": {"include_age": True}}, tmp_path)

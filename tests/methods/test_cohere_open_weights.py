@@ -75,5 +75,5 @@ def test_cohere_architecture_trains_and_predicts(tiny_cohere, tmp_path):
 
 def test_aya_gpu_preset_in_params():
     m = load_params(ROOT / "params.yaml")["models"]["aya-expanse-8b-sft"]
-    assert m["method"] == "sft" and m["base"] == "CohereLabs/aya-expanse-8b"
+    assert m["method"] == "sft" and m["base"] == "data/models/base/aya-expanse-8b"
     assert m["bnb"]["load_in_4bit"] and m["bnb"]["bnb_4bit_compute_dtype"] == "bfloat16"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,8 +16,9 @@ from clinlm.io import DataError
 from clinlm.vascular.ecg import FEATURES, add_features, extract_features
 from clinlm.vascular.ptbxl import load_ptbxl
 from clinlm.vascular.statements import build_table
+from tests.conftest import SHARED
 
-PTBXL = Path(__file__).resolve().parents[2] / "shared/data/ptbxl-500"
+PTBXL = SHARED / "ptbxl-500"
 pytestmark = pytest.mark.skipif(
     not (PTBXL / "ptbxl_database.csv").is_file(),
     reason=f"real PTB-XL subset not found at {PTBXL} (see shared/data/README.md)")

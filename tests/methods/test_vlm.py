@@ -87,14 +87,14 @@ def vlm_rows(tmp_path) -> tuple[pd.DataFrame, Path]:
 
 
 def vlm_cfg(base: Path, images: Path, **lora) -> dict:
-    return {"method": "vlm", "base": str(base), "max_train_rows": None,
+    return {"method": "vlm", "base": str(base), "dtype": "float32", "max_train_rows": None,
             "bnb": {"load_in_4bit": False}, "ecg_text": False,
             "image": {"augment": True, "max_shift": 0.02, "max_scale": 0.05, "dir": str(images)},
             "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, **lora},
             "training": {"num_train_epochs": 6, "per_device_train_batch_size": 4,
                          "learning_rate": 0.01, "logging_steps": 1, "save_strategy": "no",
                          "report_to": "none"},
-            "predict": {"batch_size": 4, "dtype": "float32", "autocast_dtype": None}}
+            "predict": {"batch_size": 4, "autocast_dtype": None}}
 
 
 def make_run(tmp_path: Path, cfg: dict) -> Run:
@@ -128,18 +128,18 @@ def test_vlm_trains_with_falling_loss_and_predicts(family, tiny_idefics3, tiny_i
 @pytest.mark.parametrize("family", ["idefics3", "idefics"])
 def test_the_image_reaches_the_model(family, tiny_idefics3, tiny_idefics, tmp_path):
     """Same text, another picture: the answer distribution changes."""
+    from clinlm.llm.numeric import number_probs
     from clinlm.methods.vlm import VLMScorer, load_vlm
-    from clinlm.numeric import number_probs
 
     base = tiny_idefics3 if family == "idefics3" else tiny_idefics
-    model, proc, fam = load_vlm(base, None, "float32")
-    scorer = VLMScorer(model.eval(), proc, fam, batch_size=2)
+    model, proc, fam = load_vlm({"base": str(base), "dtype": "float32"})
+    scorer = VLMScorer(model, proc, fam, batch_size=2)
     ecg_like(tmp_path / "a.png", 30)
     ecg_like(tmp_path / "b.png", 80)
     prompt = build_prompts(["A man."], "{image}{text} Age: ")[0]
-    scorer.images = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "a.png")]
+    items = [(prompt, str(tmp_path / name)) for name in ("a.png", "b.png", "a.png")]
     strategy = "levels" if fam == "idefics" else "auto"
-    _, p = number_probs(scorer, [prompt] * 3, 18, 40, strategy=strategy)
+    _, p = number_probs(scorer, items, 18, 40, strategy=strategy)
     assert np.abs(p[0] - p[2]).max() < 1e-6  # same picture, same answer (padding-proof)
     assert np.abs(p[0] - p[1]).max() > 1e-4
 
@@ -182,11 +182,11 @@ def test_prompt_text_and_template():
 
 
 def test_seed_idefics9b_preset_builds_the_seed_bnb_config():
-    from clinlm.hf import build_bnb_config, build_lora_config
+    from clinlm.llm.builders import build_bnb_config, build_lora_config
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     preset = params["models"]["idefics-9b"]
-    assert preset["base"] == "HuggingFaceM4/idefics-9b"
+    assert preset["base"] == "data/models/base/idefics-9b"
     bnb = build_bnb_config(preset["bnb"])
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
     assert bnb.llm_int8_skip_modules == ["lm_head", "embed_tokens"]
@@ -196,10 +196,25 @@ def test_seed_idefics9b_preset_builds_the_seed_bnb_config():
     assert preset["training"]["optim"] == "paged_adamw_8bit"
 
 
-def test_vlm_runs_are_kept_apart_from_runs():
+def test_runs_sit_in_their_method_group_with_their_base():
+    """A run's group is its model's method (its stages depend on that method's code), and an
+    LLM run names the base folder its model loads (a dependency of its stages)."""
     from clinlm.params import ParamsError, validate
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["runs"]["bad"] = {"task": "vascular_age", "model": "smolvlm-ecg"}
-    with pytest.raises(ParamsError, match="vlm_runs"):
+    params["runs"]["sft"]["bad"] = {"task": "vascular_age", "model": "smolvlm-ecg",
+                                    "base": "smolvlm-ecg"}
+    with pytest.raises(ParamsError, match=r"runs\.sft\.bad: model 'smolvlm-ecg' is method 'vlm'"):
+        validate(params)
+    del params["runs"]["sft"]["bad"]
+    params["runs"]["vlm"]["v"] = {"task": "vascular_age", "model": "smolvlm-ecg"}
+    with pytest.raises(ParamsError, match=r"runs\.vlm\.v\.base"):
+        validate(params)
+    params["runs"]["vlm"]["v"]["base"] = "smollm2-135m-instruct"
+    with pytest.raises(ParamsError, match="expected data/models/base/smollm2-135m-instruct"):
+        validate(params)
+    params["runs"]["vlm"]["v"]["base"] = "smolvlm-ecg"
+    validate(params)
+    params["runs"]["gbdt"]["v"] = {"task": "noshow", "model": "gbdt"}
+    with pytest.raises(ParamsError, match="also in runs.vlm"):
         validate(params)

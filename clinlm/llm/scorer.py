@@ -1,20 +1,30 @@
-"""Batched next-token scoring of chat prompts, restricted to a few candidate tokens.
+"""``Scorer``: batched single-pass scoring of prompts, read at the last prompt token.
 
-The expensive part of prediction is the transformer body; the vocabulary projection is
-done only at the last prompt position and only for the candidate token rows of the LM
-head (``h @ W[candidates].T``), never the full 49k-token vocabulary for every position.
+The protocol :mod:`clinlm.llm.numeric` and the methods use (no private attributes):
+
+* ``prompt_text(item)``: the text of one input item (a prompt string here; a
+  ``(text, image)`` pair for the vision-language scorer);
+* ``prompt_batches(items, desc, keep_cache)``: run every item once, yield
+  ``(idx, out, mask)`` per batch;
+* ``decode_step(rows, **kw)``: one more forward step on a batch's KV cache;
+* ``autocast()``, ``token_logits(hidden, ids)``, ``attention_implementation``.
+
+The expensive part is the transformer body; the vocabulary projection happens only at the
+last prompt position and only for the candidate tokens (:func:`clinlm.llm.project.token_logits`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from clinlm import hf
+from clinlm.llm import project
+from clinlm.llm.builders import resolve_dtype
 
 
 def shared_prefix_length(enc: list[list[int]], min_tokens: int = 8) -> int:
@@ -44,48 +54,73 @@ def select_cache(cache: Any, rows: Any) -> Any:
     raise TypeError(f"unsupported KV cache type {type(cache).__name__}")
 
 
-class AnswerScorer:
-    """Wraps a (LoRA-adapted) causal LM and its tokenizer for batched answer scoring."""
+def autocast_dtype(cfg: dict[str, Any]) -> str | None:
+    """``predict.autocast_dtype`` if set, else the training precision (bf16/fp16), else None."""
+    chosen = (cfg.get("predict") or {}).get("autocast_dtype")
+    if chosen is not None:
+        return None if chosen == "float32" else chosen
+    training = cfg.get("training") or {}
+    return "bfloat16" if training.get("bf16") else "float16" if training.get("fp16") else None
 
-    def __init__(self, model: Any, tok: Any, batch_size: int = 32, max_length: int = 512,
-                 autocast_dtype: str | None = "bfloat16", prefix_cache: bool = True) -> None:
+
+def autocast(model: Any, dtype: str | None):
+    """``torch.autocast`` on the model's device in ``dtype``, or nothing when ``dtype`` is None."""
+    import torch
+    target = resolve_dtype(dtype)
+    if target is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=target)
+
+
+class Scorer:
+    """A (LoRA-merged) causal LM and its tokenizer, scoring chat prompts in batches."""
+
+    def __init__(self, model: Any, tok: Any, batch_size: int = 32, max_length: int = 256,
+                 autocast_dtype: str | None = None, prefix_cache: bool = True) -> None:
         self.model, self.tok = model.eval(), tok
         self.prefix_cache = prefix_cache
         self.tok.padding_side = "left"
         self.batch_size, self.max_length = batch_size, max_length
-        self.autocast_dtype = hf.resolve_dtype(autocast_dtype)
+        self.autocast_dtype = autocast_dtype
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.decoder = causal.get_decoder()
         self.lm_head = causal.get_output_embeddings()
 
     @classmethod
-    def from_adapter(cls, model_dir: str | Path, cfg: dict[str, Any]) -> AnswerScorer:
-        """Load the base model as in training (same bnb settings) plus the saved LoRA adapter.
+    def from_run(cls, model_dir: str | Path, cfg: dict[str, Any]) -> Scorer:
+        """The base as in training (same bnb layout) + the saved adapter of a trained run."""
+        from clinlm.llm.load import load_model, load_tokenizer
 
-        With ``predict.merge_adapter`` (default true) the adapter is folded into
-        dequantized plain linear layers (:func:`clinlm.hf.merge_lora_dequantized`): the same
-        function up to float rounding (|Δp| ~1e-6 measured), ~1.5x faster on CPU.
-        """
-        from peft import PeftModel
+        pcfg = cfg["predict"]
+        model = load_model(cfg, "causal", adapter=model_dir)
+        return cls(model, load_tokenizer(model_dir), pcfg["batch_size"], pcfg["max_length"],
+                   autocast_dtype(cfg), pcfg["prefix_cache"])
 
-        pcfg = cfg.get("predict", {})
-        hf.set_threads(cfg.get("torch_threads"))
-        tok = hf.load_tokenizer(str(model_dir), padding_side="left")
-        base = hf.load_causal_lm(cfg["base"], cfg.get("bnb"), pcfg.get("dtype"))
-        model = PeftModel.from_pretrained(base, str(model_dir))
-        if pcfg.get("merge_adapter", True):
-            model = hf.merge_lora_dequantized(model, pcfg.get("dtype") or "float32")
-        return cls(model, tok, pcfg.get("batch_size", 32), pcfg.get("max_length", 512),
-                   pcfg.get("autocast_dtype", "bfloat16"), pcfg.get("prefix_cache", True))
+    @property
+    def attention_implementation(self) -> str:
+        cfg = getattr(self.decoder, "config", None)
+        return str(getattr(cfg, "_attn_implementation", None) or "eager")
 
-    def _autocast(self):
-        import torch
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        dev = next(self.model.parameters()).device.type
-        return torch.autocast(dev, dtype=self.autocast_dtype)
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
 
-    def prompt_batches(self, prompts: list[str], desc: str = "scoring", keep_cache: bool = False):
+    def autocast(self):
+        """The scoring precision context (see :func:`autocast_dtype`)."""
+        return autocast(self.model, self.autocast_dtype)
+
+    def prompt_text(self, item: Any) -> str:
+        """The text of one input item (here the item is the prompt)."""
+        return item
+
+    def decode_step(self, rows: Any, **kw: Any) -> Any:
+        """One forward step on the prompts' KV cache; ``rows``: the batch rows it continues
+        (None = all; a scorer whose steps need per-row state other than the cache uses it)."""
+        del rows
+        return self.decoder(**kw)
+
+    def prompt_batches(self, prompts: Sequence[str], desc: str = "scoring",
+                       keep_cache: bool = False) -> Iterator[tuple[np.ndarray, Any, Any]]:
         """Run every prompt once; yield ``(idx, out, mask)`` per batch.
 
         ``idx``: the batch's rows (indices into ``prompts``); ``out``: the decoder output
@@ -97,17 +132,17 @@ class AnswerScorer:
         explicit position ids make a padded row compute exactly what it would alone. With
         ``prefix_cache`` the token prefix every prompt shares (the system prompt and chat
         header) runs once; its KV cache is reused by every batch, which then runs only the
-        rows' own tokens (padding sits between prefix and row). The inference mode and
-        autocast stay on while the consumer handles a batch.
+        rows' own tokens (padding sits between prefix and row). Inference mode and autocast
+        stay on while the consumer handles a batch.
         """
         import torch
 
-        enc = self.tok(prompts, add_special_tokens=False, truncation=True,
+        enc = self.tok(list(prompts), add_special_tokens=False, truncation=True,
                        max_length=self.max_length)["input_ids"]
         n_pre = shared_prefix_length(enc) if self.prefix_cache else 0
         order = np.argsort([len(e) for e in enc], kind="stable")
-        dev = next(self.model.parameters()).device
-        with torch.inference_mode(), self._autocast():
+        dev = self.device
+        with torch.inference_mode(), self.autocast():
             prefix = None
             if n_pre:
                 prefix = self.decoder(input_ids=torch.tensor([enc[0][:n_pre]], device=dev),
@@ -127,22 +162,16 @@ class AnswerScorer:
                                    **kw)
                 yield idx, out, mask
 
-    def last_hidden(self, prompts: list[str], desc: str = "scoring") -> np.ndarray:
-        """Final hidden state at the last prompt token, (n_prompts, hidden) float32, in the
-        input order (see :meth:`prompt_batches`)."""
+    def last_hidden(self, prompts: Sequence[Any], desc: str = "scoring") -> np.ndarray:
+        """Final hidden state at the last prompt token, (n_prompts, hidden) float32, in input order."""
         out = np.zeros((len(prompts), self.lm_head.weight.shape[1]), dtype=np.float32)
         for idx, res, _ in self.prompt_batches(prompts, desc):
             out[idx] = res.last_hidden_state[:, -1].float().cpu().numpy()
         return out
 
     def token_logits(self, hidden: np.ndarray, token_ids: list[int]) -> np.ndarray:
-        """Logits of ``token_ids`` only, from final hidden states: ``h @ W[ids].T (+ b)``."""
-        import torch
-        w = self.lm_head.weight[token_ids].float()
-        logits = torch.from_numpy(hidden).to(w.device) @ w.T
-        if getattr(self.lm_head, "bias", None) is not None:
-            logits = logits + self.lm_head.bias[token_ids].float()
-        return logits.detach().cpu().numpy()
+        """Logits of ``token_ids`` only, from final hidden states."""
+        return project.token_logits(self.lm_head, hidden, token_ids)
 
     def first_token_ids(self, choices: list[str]) -> list[int]:
         """The first token of each answer string (must differ between choices)."""
@@ -151,7 +180,7 @@ class AnswerScorer:
             raise ValueError(f"answers {choices} share a first token; cannot score them apart")
         return ids
 
-    def choice_probs(self, prompts: list[str], choices: list[str]) -> np.ndarray:
+    def choice_probs(self, prompts: Sequence[Any], choices: list[str]) -> np.ndarray:
         """P(choice) renormalised over ``choices``, from each choice's first token; (n, k)."""
         logits = self.token_logits(self.last_hidden(prompts), self.first_token_ids(choices))
         logits -= logits.max(axis=1, keepdims=True)

@@ -1,13 +1,12 @@
-"""Tests for clinlm.noshow.download: synthetic data, validation, csv and kaggle sources."""
+"""No-show data: synthetic rows (clinlm.noshow.synthetic), validation (clinlm.noshow.schema)
+and the csv/synthetic sources (clinlm.noshow.sources). Kaggle: tests/test_tasks_noshow_kaggle.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +14,13 @@ import pandas as pd
 import pytest
 
 from clinlm.io import DataError
-from clinlm.noshow.download import (
-    KAGGLE_COLUMNS,
-    KAGGLE_CSV_NAME,
-    KAGGLE_DATASET,
-    download,
-    download_kaggle,
-    generate_synthetic,
-    has_kaggle_credentials,
-    read_csv,
-    resolve_source,
-    validate,
-)
+from clinlm.noshow.schema import KAGGLE_COLUMNS, read_csv, validate
+from clinlm.noshow.sources import KAGGLE_CSV_NAME, download
+from clinlm.noshow.synthetic import generate_synthetic
+from tests.conftest import SHARED
 
-try:
-    from fake_kaggle import FakeKaggle
-except ImportError:  # tests/ imported as a package
-    from tests.fake_kaggle import FakeKaggle
-
-REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/data/noshow/KaggleV2-May-2016.csv.zip"
+REAL_ZIP = SHARED / "noshow/KaggleV2-May-2016.csv.zip"
 BINARY = ["Scholarship", "Hipertension", "Diabetes", "Alcoholism", "SMS_received"]
-# Fake test credentials for the local fake Kaggle server; never real ones.
-TEST_USER, TEST_KEY, TEST_TOKEN = "clinlm-test-user", "fake-test-key-0123", "KGAT_fake_test_token"
 
 
 def _sha256(data: bytes) -> str:
@@ -312,154 +296,14 @@ def test_failed_download_leaves_no_output(tmp_path: Path, small: pd.DataFrame) -
     assert list(out_dir.iterdir()) == []
 
 
-# ---------------------------------------------------------------------------- credentials
-
-CREDENTIAL_CASES = {
-    "none": ({}, {}, False),
-    "username+key": ({"KAGGLE_USERNAME": TEST_USER, "KAGGLE_KEY": TEST_KEY}, {}, True),
-    "username only": ({"KAGGLE_USERNAME": TEST_USER}, {}, False),
-    "api token": ({"KAGGLE_API_TOKEN": TEST_TOKEN}, {}, True),
-    "access_token file": ({}, {"access_token": TEST_TOKEN}, True),
-    "empty access_token": ({}, {"access_token": "\n"}, False),
-    "kaggle.json": ({}, {"kaggle.json": json.dumps({"username": TEST_USER, "key": TEST_KEY})},
-                    True),
-}
-
-
-@pytest.mark.parametrize("case", list(CREDENTIAL_CASES))
-def test_has_kaggle_credentials_matches_kagglehub(case: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    get_kaggle_credentials = pytest.importorskip("kagglehub.config").get_kaggle_credentials
-
-    env_vars, files, expected = CREDENTIAL_CASES[case]
-    kaggle_dir = tmp_path / ".kaggle"
-    kaggle_dir.mkdir()
-    for name, text in files.items():
-        (kaggle_dir / name).write_text(text)
-    env = {"HOME": str(tmp_path), "KAGGLE_CONFIG_DIR": str(kaggle_dir), **env_vars}
-    assert has_kaggle_credentials(env) is expected
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    assert (get_kaggle_credentials() is not None) is expected  # kagglehub agrees
-
-
-def test_resolve_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    bare = {"HOME": str(tmp_path)}
-    with caplog.at_level(logging.INFO, logger="clinlm"):
-        assert resolve_source("auto", env=bare) == "synthetic"
-        assert "no Kaggle credentials" in caplog.text
-        creds = {**bare, "KAGGLE_USERNAME": TEST_USER, "KAGGLE_KEY": TEST_KEY}
-        assert resolve_source("auto", env=creds) == "kaggle"
-        assert resolve_source("auto", env={**bare, "KAGGLE_API_TOKEN": TEST_TOKEN}) == "kaggle"
-        for name in ("kaggle", "csv", "synthetic"):
-            assert resolve_source(name, env=bare) == name
-    assert "KAGGLE_USERNAME and KAGGLE_KEY" in caplog.text
-    assert TEST_KEY not in caplog.text and TEST_TOKEN not in caplog.text
-    with pytest.raises(ValueError, match="unknown data source"):
-        resolve_source("bogus", env=bare)
-
-
-# ---------------------------------------------------------------------------- kaggle source
-
-
-@pytest.fixture
-def kaggle_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """kagglehub pointed at http://localhost:7777, with an empty home and a temp cache."""
-    pytest.importorskip("kagglehub")
-    home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_KERNEL_RUN_TYPE",
-                "KAGGLE_DATA_PROXY_URL", "TBE_RUNTIME_ADDR", "DISABLE_KAGGLE_CACHE",
-                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
-    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
-    return tmp_path
-
-
-@pytest.fixture
-def fake_kaggle(kaggle_env: Path) -> Iterator[tuple[FakeKaggle, bytes]]:
-    try:
-        server = FakeKaggle(username=TEST_USER, key=TEST_KEY, api_token=TEST_TOKEN)
-    except OSError as e:
-        pytest.skip(f"port 7777 on 127.0.0.1 is busy ({e}); kagglehub's TEST environment "
-                    "always talks to http://localhost:7777")
-    served = _csv_bytes(generate_synthetic(300, seed=11))
-    server.add_dataset(KAGGLE_DATASET, {KAGGLE_CSV_NAME: served}, version=2)
-    with server:
-        yield server, served
-
-
-API = "/api/v1/datasets.DatasetApiService/"
-
-
-@pytest.mark.parametrize(("auth", "source"), [("username+key", "kaggle"), ("token", "auto")])
-def test_kaggle_source_via_kagglehub(auth: str, source: str, kaggle_env: Path,
-                                     fake_kaggle: tuple[FakeKaggle, bytes],
-                                     monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:
-    server, served = fake_kaggle
-    if auth == "token":
-        monkeypatch.setenv("KAGGLE_API_TOKEN", TEST_TOKEN)
-    else:
-        monkeypatch.setenv("KAGGLE_USERNAME", TEST_USER)
-        monkeypatch.setenv("KAGGLE_KEY", TEST_KEY)
-    out = kaggle_env / "out" / "raw.csv"
-    cfg = {"source": source, "kaggle_dataset": KAGGLE_DATASET}
-    with caplog.at_level(logging.DEBUG, logger="clinlm"):
-        info = download(cfg, seed=0, out_csv=out)
-    assert out.read_bytes() == served
-    assert info == {"data_source": "kaggle", "n_rows": 300, "n_dropped_negative_age": 0,
-                    "n_scheduled_after_appointment": 0, "sha256": _sha256(served)}
-    assert server.paths() == [f"POST {API}GetDataset", f"POST {API}DownloadDataset",
-                              "GET /storage/joniarroba/noshowappointments/2/archive.zip"]
-    get, dl = server.requests[:2]
-    assert get.authorized and dl.authorized
-    assert get.body == {"ownerSlug": "joniarroba", "datasetSlug": "noshowappointments"}
-    assert dl.body is not None and dl.body["datasetVersionNumber"] == 2
-    cached = kaggle_env / "cache/datasets/joniarroba/noshowappointments/versions/2"
-    assert (cached / KAGGLE_CSV_NAME).read_bytes() == served
-    assert TEST_KEY not in caplog.text and TEST_TOKEN not in caplog.text
-    # second run: kagglehub asks for the current version only, the archive comes from cache
-    assert download(cfg, seed=0, out_csv=out) == info
-    assert server.paths()[3:] == [f"POST {API}GetDataset"]
-
-
-def test_kaggle_failures_leave_no_output(kaggle_env: Path,
-                                         fake_kaggle: tuple[FakeKaggle, bytes],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    server, _ = fake_kaggle
-    out_dir = kaggle_env / "out"
-    out_dir.mkdir()
-    cfg = {"source": "kaggle"}
-    monkeypatch.setenv("KAGGLE_USERNAME", TEST_USER)
-    monkeypatch.setenv("KAGGLE_KEY", "wrong-key")
-    with pytest.raises(Exception, match="401"):
-        download(cfg, seed=0, out_csv=out_dir / "raw.csv")
-    assert not server.requests[0].authorized
-    monkeypatch.setenv("KAGGLE_KEY", TEST_KEY)
-    server.corrupt_md5 = True
-    with pytest.raises(Exception, match="MD5|md5|checksum"):
-        download(cfg, seed=0, out_csv=out_dir / "raw.csv")
-    with pytest.raises(Exception, match="404"):
-        download({"source": "kaggle", "kaggle_dataset": "someone/missing"}, 0,
-                 out_dir / "raw.csv")
-    assert list(out_dir.iterdir()) == []
-
-
-def test_download_kaggle_cache_dir(kaggle_env: Path, fake_kaggle: tuple[FakeKaggle, bytes],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    _, served = fake_kaggle
-    monkeypatch.setenv("KAGGLE_API_TOKEN", TEST_TOKEN)
-    path = download_kaggle(KAGGLE_DATASET, cache_dir=kaggle_env / "other")
-    assert path == (kaggle_env / "other/datasets/joniarroba/noshowappointments/versions/2"
-                    / KAGGLE_CSV_NAME)
-    assert path.read_bytes() == served
-    assert os.environ["KAGGLEHUB_CACHE"] == str(kaggle_env / "cache")  # restored
+def test_download_config_errors(tmp_path: Path) -> None:
+    out = tmp_path / "raw.csv"
+    with pytest.raises(ValueError, match=r"tasks\.noshow\.download\.n_synthtic: unknown key; "
+                                         r"allowed: source, csv_path, n_synthetic"):
+        download({"source": "synthetic", "n_synthtic": 300}, seed=0, out_csv=out)
+    with pytest.raises(ValueError, match=r"n_synthetic: .*greater than or equal to 1"):
+        download({"source": "synthetic", "n_synthetic": 0}, seed=0, out_csv=out)
+    # null means the default; the source is case-insensitive as before
+    info = download({"source": " Synthetic ", "n_synthetic": 50, "csv_path": None,
+                     "kaggle_dataset": None}, seed=0, out_csv=out)
+    assert info["data_source"] == "synthetic" and info["n_rows"] == 50

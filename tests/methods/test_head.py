@@ -26,8 +26,9 @@ from clinlm.methods.head import (  # noqa: E402
     head_module_names,
     head_texts,
 )
+from tests.conftest import ROOT  # noqa: E402
 
-REAL_TOKENIZER = Path(__file__).resolve().parents[1] / "data/models/base/smollm2-135m-instruct"
+REAL_TOKENIZER = ROOT / "data/models/base/smollm2-135m-instruct"
 TASK_CFG = {"prompt": {"system": "You are a clinician.",
                        "question": "Will the patient miss the appointment?"}}
 
@@ -142,12 +143,13 @@ def test_balanced_loss_differs_on_imbalanced_batch() -> None:
     assert w == pytest.approx([8 / 12, 8 / 4])
     torch.manual_seed(0)
     logits, labels = torch.randn(8, 2), torch.as_tensor(y)
-    plain = head_loss(logits, labels, CLASSIFICATION)
-    weighted = head_loss(logits, labels, CLASSIFICATION, torch.tensor(w))
+    plain, n = head_loss(logits, labels, CLASSIFICATION)
+    weighted, _ = head_loss(logits, labels, CLASSIFICATION, torch.tensor(w))
     per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     wt = torch.tensor(w)[labels]
-    assert weighted.item() == pytest.approx(((per_row * wt).sum() / wt.sum()).item(), rel=1e-6)
-    assert plain.item() == pytest.approx(per_row.mean().item(), rel=1e-6)
+    assert n == 8  # summed over rows; the engine divides by the step's row count
+    assert weighted.item() == pytest.approx((per_row * wt).sum().item(), rel=1e-6)
+    assert plain.item() == pytest.approx(per_row.sum().item(), rel=1e-6)
     assert abs(weighted.item() - plain.item()) > 1e-3
     with pytest.raises(ValueError, match="every class"):
         balanced_class_weights(np.zeros(5, dtype=int))

@@ -52,7 +52,7 @@ def test_batched_scoring_equals_one_by_one(tiny_llama, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinlm.scoring import AnswerScorer
+    from clinlm.llm.scorer import Scorer as AnswerScorer
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     prompts = ["short", "a much longer prompt with many more tokens in it than the first", "mid one"]
@@ -81,62 +81,39 @@ def test_qlora_4bit_path_on_cpu(tiny_llama, tmp_path, bnb):
     assert res["p_yes"].notna().all()
 
 
-def test_qlora_adapters_train_in_the_compute_dtype(tiny_llama, tmp_path):
-    """TRL casts QLoRA adapters to bf16; with fp32 compute they must stay fp32 (bf16 matmuls
-    are ~100x slower on CPUs without AMX/AVX512-BF16), and follow bf16 when asked."""
-    import torch
-    from peft import get_peft_model
-    from trl import SFTConfig
-
-    from clinlm import hf
-    from clinlm.methods.sft import adapter_dtype
-    from clinlm.sft_trainer import AnswerSFTTrainer
-
-    bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
-    cfg = _cfg(tiny_llama, bnb=bnb)
-    assert adapter_dtype(cfg) == torch.float32
-    assert adapter_dtype({**cfg, "bnb": {**bnb, "bnb_4bit_compute_dtype": "bfloat16"}}) == torch.bfloat16
-    assert adapter_dtype(_cfg(tiny_llama)) is None  # no quantization: TRL casts nothing
-    tok = hf.load_tokenizer(str(tiny_llama), padding_side="right")
-    data = tokenize_for_sft(tok, _df(8), TASK, "classification")
-    from datasets import Dataset
-    for want in (torch.float32, None):
-        model = get_peft_model(hf.load_causal_lm(str(tiny_llama), bnb, "float32"),
-                               hf.build_lora_config(cfg["lora"]))
-        args = SFTConfig(**hf.build_training_kwargs({"report_to": "none", "bf16": False},
-                                                    str(tmp_path / "o"), 1), max_length=64)
-        tr = AnswerSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data),
-                              processing_class=tok, adapter_dtype=want)
-        dtypes = {p.dtype for p in tr.model.parameters() if p.requires_grad}
-        assert dtypes == ({torch.float32} if want else {torch.bfloat16}), dtypes
-
-
 def test_merged_dequantized_adapter_matches_4bit_plus_lora(tiny_llama):
     """Prediction folds LoRA into dequantized layers: same logits as NF4 base + adapter."""
     import torch
     from peft import get_peft_model
 
-    from clinlm import hf
+    from clinlm.llm.builders import build_lora_config
+    from clinlm.llm.load import load_model, merge_lora_dequantized
 
     bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
            "bnb_4bit_compute_dtype": "float32"}
     torch.manual_seed(0)
-    model = get_peft_model(hf.load_causal_lm(str(tiny_llama), bnb, "float32"),
-                           hf.build_lora_config({"r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM",
+    model = get_peft_model(load_model({"base": str(tiny_llama), "bnb": bnb, "dtype": "float32"},
+                                      "causal"),
+                           build_lora_config({"r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM",
                                                  "target_modules": ["q_proj", "v_proj", "down_proj"]}))
     for name, p in model.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter do something
             torch.nn.init.normal_(p, std=0.05)
-    model.eval()
     x = torch.randint(3, 200, (3, 17))
-    with torch.inference_mode():
+    with torch.no_grad():  # train mode (no dropout here): bnb's exact dequantize + fp32 path
         want = model(input_ids=x).logits
-        merged = hf.merge_lora_dequantized(model)
+    model.eval()
+    with torch.inference_mode():
+        # an eval forward first: on AVX512-BF16 CPUs bnb then repacks the 4-bit weights in
+        # place for its bf16 kernel, and the merge must still read the right weights
+        model(input_ids=x)
+        merged = merge_lora_dequantized(model)
         got = merged(input_ids=x).logits
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert merged.model.layers[0].self_attn.q_proj.__class__ is torch.nn.Linear
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert (want - got).abs().max() < 1e-3 * want.abs().max()
+    # bnb's own CPU 4-bit kernels round to bf16 on AVX512-BF16 machines (0.2 % measured on
+    # an EPYC Zen 5; 1e-5 on AVX2): the merged fp32 layers are the exact dequantized weights
+    assert (want - got).abs().max() < 5e-3 * want.abs().max()
 
 
 def test_prefix_cache_scores_like_full_prompts(tiny_llama):
@@ -145,7 +122,8 @@ def test_prefix_cache_scores_like_full_prompts(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinlm.scoring import AnswerScorer, shared_prefix_length
+    from clinlm.llm.scorer import Scorer as AnswerScorer
+    from clinlm.llm.scorer import shared_prefix_length
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     system = "You predict whether a patient will miss a medical appointment. Answer Yes or No.\n"
@@ -164,7 +142,7 @@ def test_prefix_cache_scores_like_full_prompts(tiny_llama):
 
 def test_dvclive_without_log_dir_reports_nothing(tmp_path, monkeypatch):
     """Scratch trainings (benchmark, learning curve) must not fall back to ./dvclive."""
-    from clinlm.hf import training_callbacks
+    from clinlm.llm.builders import training_callbacks
 
     monkeypatch.chdir(tmp_path)
     kw = {"report_to": "dvclive"}

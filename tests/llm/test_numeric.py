@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.numeric import decode_numeric, digit_token_ids, number_probs, summarize
+from clinlm.llm.numeric import decode_numeric, digit_token_ids, number_probs, summarize
 from tests.conftest import tiny_sft_cfg
 
 # One intra-op thread: these tiny models are all per-op overhead, and on a busy 2-core box
@@ -56,7 +56,7 @@ def scorer(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinlm.scoring import AnswerScorer
+    from clinlm.llm.scorer import Scorer as AnswerScorer
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     return AnswerScorer(model, tok, batch_size=2, autocast_dtype=None)
@@ -94,7 +94,7 @@ def eager_scorer(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clinlm.scoring import AnswerScorer
+    from clinlm.llm.scorer import Scorer as AnswerScorer
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32,
                                                  attn_implementation="eager")
@@ -104,7 +104,7 @@ def eager_scorer(tiny_llama):
 
 def test_strategies_batching_and_attention_agree(scorer, eager_scorer) -> None:
     """Tree attention (sdpa bool mask / eager additive mask), per-level KV copies, batch sizes."""
-    from clinlm.scoring import AnswerScorer
+    from clinlm.llm.scorer import Scorer as AnswerScorer
     _, tree = number_probs(scorer, PROMPTS, 7, 123, strategy="tree")
     _, levels = number_probs(scorer, PROMPTS, 7, 123, strategy="levels", chunk_size=1)
     single = AnswerScorer(scorer.model, scorer.tok, batch_size=1, autocast_dtype=None)

@@ -11,7 +11,7 @@ tokens, so the model's probability of the answer ``67`` is::
 probabilities are the model's softmax *renormalised over the answer alphabet* (the ten digit
 tokens + end-of-turn), so the result is the model's distribution over digit strings
 conditioned on the answer being an integer in ``[lo, hi]``. Only the 11 alphabet rows of the
-LM head are ever used (:meth:`clinlm.scoring.AnswerScorer.token_logits`); full-vocabulary
+LM head are ever used (:func:`clinlm.llm.project.token_logits`); full-vocabulary
 logits are never computed.
 
 Cost (:func:`number_probs`): per batch of prompts, one forward pass over the prompts
@@ -20,11 +20,10 @@ on top of that KV cache -- the prompt is never re-run -- one more forward pass t
 every valid digit prefix as one token of a prefix tree (18-110: 9 + 84 + 11 = 104 tokens
 per row) under a 4-D attention mask letting each token see only the prompt and its own
 ancestors ("tree attention"). Its hidden states give the next-token distribution after
-every prefix, i.e. all digit positions and the end-of-turn step at once. Measured on
-SmolLM2-135M (CPU, one thread, 4 prompts of 60-190 tokens): prompt pass alone 3.3 s, whole
-decode 5.1 s; the ``levels`` fallback (one pass per digit position, prompt cache copied per
-(row, prefix) pair; any attention implementation) 20-25 s; re-running prompt + digits for
-every prefix ~200 s. All three agree to 3e-6.
+every prefix, i.e. all digit positions and the end-of-turn step at once. The ``levels``
+fallback (one pass per digit position, prompt cache copied per (row, prefix) pair) works with
+any attention implementation; both agree to float rounding (tests/llm/test_numeric.py,
+timings in BENCHMARKS.md).
 
 :func:`summarize` turns the distribution into the point estimate (median for MAE, mean for
 MSE) and a 90 % interval (5th/95th percentiles); :func:`decode_numeric` does both.
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from clinlm.scoring import select_cache
+from clinlm.llm.scorer import select_cache
 
 DIGITS = "0123456789"
 
@@ -124,19 +123,14 @@ class _Prefixes:
         self.anc = np.array([[q != "" and p.startswith(q) for q in nodes] for p in nodes])
 
 
-def _attention_impl(scorer: Any) -> str:
-    cfg = getattr(scorer.decoder, "config", None)
-    return str(getattr(cfg, "_attn_implementation", None) or "eager")
-
-
-def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: str = "auto",
+def number_probs(scorer: Any, prompts: list[Any], lo: int, hi: int, strategy: str = "auto",
                  chunk_size: int | None = None, desc: str = "numeric") -> tuple[np.ndarray, np.ndarray]:
     """The exact probability of every integer answer ``lo..hi`` for each prompt.
 
     Args:
-        scorer: an :class:`clinlm.scoring.AnswerScorer` (model, tokenizer, batch size,
-            max length, autocast).
-        prompts: chat-template texts ending with the assistant header.
+        scorer: a :class:`clinlm.llm.scorer.Scorer` (or one following its protocol).
+        prompts: the scorer's input items (chat-template texts ending with the assistant
+            header; ``(text, image)`` pairs for the vision-language scorer).
         lo, hi: the answer range (integers, ``0 <= lo <= hi``).
         strategy: how the digit positions after the first are scored, on top of the
             prompts' KV cache (the prompt itself runs once per row in every strategy):
@@ -161,7 +155,7 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi < lo:
         raise ValueError(f"need 0 <= lo <= hi, got lo={lo}, hi={hi}")
-    impl = _attention_impl(scorer)
+    impl = scorer.attention_implementation
     if strategy == "auto":
         strategy = "tree" if impl in TREE_ATTENTION else "levels"
     if strategy not in ("tree", "levels"):
@@ -180,7 +174,7 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
         raise ValueError("the tokenizer has no eos (end-of-turn) token")
     if eot in dig.values():
         raise ValueError("the end-of-turn token is a digit token")
-    check_digit_tokenization(tok, prompts[0], numbers, dig)
+    check_digit_tokenization(tok, scorer.prompt_text(prompts[0]), numbers, dig)
     alphabet = [dig[d] for d in DIGITS] + [int(eot)]  # column j < 10: digit j; 10: end
     pre = _Prefixes(numbers)
     logp = np.zeros((n, len(pre.all), len(alphabet)), dtype=np.float64)
@@ -193,7 +187,7 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
         out = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         return out.reshape(*h.shape[:-1], len(alphabet))
 
-    dev = next(scorer.model.parameters()).device
+    dev = scorer.device
     nodes = pre.all[1:]
     node_tok = torch.tensor([dig[p[-1]] for p in nodes], device=dev)
     node_depth = torch.tensor([len(p) - 1 for p in nodes], device=dev)
@@ -211,8 +205,8 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
                 if impl == "eager":  # additive mask
                     see = torch.zeros(see.shape, device=dev).masked_fill(
                         ~see, torch.finfo(torch.float32).min)
-                with scorer._autocast():
-                    h = _step(scorer, None, input_ids=node_tok.expand(b, -1), attention_mask=see,
+                with scorer.autocast():
+                    h = scorer.decode_step(None, input_ids=node_tok.expand(b, -1), attention_mask=see,
                               position_ids=n_real[:, None] + node_depth,
                               past_key_values=cache, use_cache=True).last_hidden_state
                 logp[idx[:, None], np.arange(1, len(pre.all))[None, :]] = log_softmax(h)
@@ -232,14 +226,6 @@ def number_probs(scorer: Any, prompts: list[str], lo: int, hi: int, strategy: st
     return values, probs / probs.sum(axis=1, keepdims=True)
 
 
-def _step(scorer: Any, rows: Any, **kw: Any) -> Any:
-    """One digit step on the prompts' KV cache; ``rows``: the batch rows it continues (None =
-    all). Scorers whose text steps need more than the cache (Idefics' image states) define
-    ``decode_step(rows, **kw)``; the rest run their decoder."""
-    step = getattr(scorer, "decode_step", None)
-    return step(rows, **kw) if step is not None else scorer.decoder(**kw)
-
-
 def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: Any, n_real: Any,
             idx: np.ndarray, logp: np.ndarray, log_softmax: Any, chunk: int, dev: Any) -> None:
     """The ``levels`` strategy of :func:`number_probs` for one batch of rows (fills ``logp``)."""
@@ -256,15 +242,15 @@ def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: 
             rows, cols = pair // len(level), pair % len(level)
             sub = select_cache(cache, rows)
             m = torch.cat([mask[rows], mask.new_ones(len(pair), k)], dim=1)
-            with scorer._autocast():
-                h = _step(scorer, rows, input_ids=ptok[cols], attention_mask=m,
+            with scorer.autocast():
+                h = scorer.decode_step(rows, input_ids=ptok[cols], attention_mask=m,
                           position_ids=n_real[rows, None] + steps,
                           past_key_values=sub, use_cache=True).last_hidden_state[:, -1]
             logp[idx[rows.cpu().numpy()], cols_all[cols.cpu().numpy()]] = log_softmax(h)
             del sub
 
 
-def decode_numeric(scorer: Any, prompts: list[str], lo: int, hi: int, loss: str = "mae",
+def decode_numeric(scorer: Any, prompts: list[Any], lo: int, hi: int, loss: str = "mae",
                    strategy: str = "auto", chunk_size: int | None = None) -> dict[str, np.ndarray]:
     """Point estimate and 90 % interval of the integer answer for each prompt.
 

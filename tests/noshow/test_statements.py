@@ -5,8 +5,8 @@ import time
 import pandas as pd
 import pytest
 
-from clinlm.noshow.download import generate_synthetic
 from clinlm.noshow.statements import build_statements, history_counts
+from clinlm.noshow.synthetic import generate_synthetic
 from tests.conftest import SHARED
 
 

@@ -1,0 +1,118 @@
+"""Typed params sections: how a section is checked, and the sections of the pipeline itself.
+
+Every params.yaml section has ONE typed model that holds its keys and defaults (pydantic,
+unknown keys are errors). Each lives with the code it configures:
+
+* pipeline-level sections (runs, base models, predict threshold): here;
+* a task's sections (split, prompt, answer, ...): ``clinlm.tasks.TaskSection``, and its
+  download/statements sections the task's own ``download_config`` / ``statements_config``;
+* a model entry: its method's config class (``METHOD_CONFIGS``), the LLM methods' shared
+  keys in ``clinlm.llm.config``.
+
+``clinlm.params`` validates params.yaml against them; a ``Run`` carries its model and task
+sections as plain dicts with every default filled in, so code never needs ``.get(key, default)``.
+Library sections (``bnb``, ``lora``, ``sft``, ``training``) stay dicts, checked field by field
+against the libraries' own classes (``clinlm.params``): their defaults are the libraries'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def parse_section(model: type[C], section: Mapping[str, Any] | BaseModel | None,
+                  where: str) -> C:
+    """``section`` validated by ``model``; errors are ``ValueError`` naming ``where.key``.
+
+    An unknown key reads ``<where>.<key>: unknown key; allowed: ...``, a value outside a
+    literal ``<where>.<key>: <value> not one of ...``.
+    """
+    if isinstance(section, model):
+        return section
+    if isinstance(section, BaseModel):
+        section = section.model_dump()
+    try:
+        return model.model_validate(dict(section or {}))
+    except ValidationError as e:
+        raise ValueError("\n".join(_message(model, err, where) for err in e.errors())) from None
+
+
+def _message(model: type[BaseModel], err: Any, where: str) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    name = f"{where}.{key}" if key else where
+    if err["type"] == "extra_forbidden":
+        return f"{name}: unknown key; allowed: {', '.join(model.model_fields)}"
+    if err["type"] == "literal_error":
+        return f"{name}: {err['input']!r} not one of {err['ctx']['expected']}"
+    if err["type"] == "value_error":  # our own validators name the value themselves
+        return f"{name}: {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{name}: {err['msg']} (got {err.get('input')!r})"
+
+
+LIBRARY_SECTIONS = {"bnb": "bnb", "lora": "lora", "sft": "sft", "training": "training"}
+"""Model keys whose values are checked against a library class (see ``clinlm.params``)."""
+
+
+class ModelCommon(Strict):
+    """Keys every ``models.<m>`` section has; each method's config class adds its own."""
+
+    method: str
+    description: str = ""
+
+
+# method -> its config class, by name: a method's keys and defaults live with the method,
+# and importing this module imports no method (so a stage depends only on its own method)
+METHOD_CONFIGS: dict[str, str] = {
+    "sft": "clinlm.methods.sft:SFTModelConfig",
+    "head": "clinlm.methods.head:HeadModelConfig",
+    "vlm": "clinlm.methods.vlm:VLMModelConfig",
+    "gbdt": "clinlm.methods.gbdt:GBDTModelConfig",
+    "cohere": "clinlm.cohere_client:CohereModelConfig",
+}
+METHODS = tuple(METHOD_CONFIGS)
+LLM_METHODS = ("sft", "head", "vlm")
+
+
+def model_config_class(method: str) -> type[ModelCommon]:
+    """The typed config of ``models.<m>`` for ``method``."""
+    import importlib
+    if method not in METHOD_CONFIGS:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    module, cls = METHOD_CONFIGS[method].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+class VLMBaseConfig(Strict):
+    """A vision-language base composed around a pretrained text model (``vlm_bases.<name>``)."""
+
+    architecture: Literal["idefics3"] = "idefics3"
+    text_model: str
+    vision_config: dict[str, Any] = {}  # transformers Idefics3VisionConfig fields
+    scale_factor: PositiveInt = 4
+    dtype: str = "float32"
+
+
+class BaseModelConfig(Strict):
+    source: str
+    dtype: str = "float32"
+
+
+class RunSpec(Strict):
+    task: str
+    model: str
+    base: str | None = None  # LLM runs: the base_models / vlm_bases entry the model loads
+
+
+class PredictStageConfig(Strict):
+    threshold: float = Field(0.5, ge=0, le=1)  # p_yes >= threshold -> "Yes"

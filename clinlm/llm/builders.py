@@ -1,0 +1,95 @@
+"""Builders that turn a params section into a library object (like TRL's / peft's own).
+
+Each builder takes the section as params.yaml spells it (keys are the library's field names,
+checked by ``clinlm.params``) and returns the library object; nothing else is added here
+except the few values the project owns (output dir, seed, CPU flag).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_device() -> Any:
+    """This process's device: ``cuda:<LOCAL_RANK>`` under a distributed launcher, else the one
+    device (every rank must load its model onto its own GPU, never all onto GPU 0)."""
+    import torch
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` intra-op threads (default: all cores, split between local processes)."""
+    import torch
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(n or max(1, (os.cpu_count() or 1) // local))
+
+
+def resolve_dtype(name: str | None):  # -> torch.dtype | None
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``None``/``"auto"`` -> None."""
+    import torch
+    if name in (None, "auto"):
+        return None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch dtype {name!r}")
+    return dtype
+
+
+def is_quantized(bnb: dict[str, Any] | None) -> bool:
+    """Whether a ``bnb`` section asks for a 4- or 8-bit base."""
+    return bool(bnb and (bnb.get("load_in_4bit") or bnb.get("load_in_8bit")))
+
+
+def build_bnb_config(section: dict[str, Any] | None):
+    """``models.<m>.bnb`` -> ``BitsAndBytesConfig``, or None when neither 4- nor 8-bit is on."""
+    if not is_quantized(section):
+        return None
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(**section)
+
+
+def build_lora_config(section: dict[str, Any]):
+    """``models.<m>.lora`` -> ``peft.LoraConfig`` (keys are LoraConfig's own field names)."""
+    from peft import LoraConfig
+    return LoraConfig(**section)
+
+
+def build_training_kwargs(training: dict[str, Any], output_dir: str, seed: int) -> dict[str, Any]:
+    """``TrainingArguments`` kwargs: the params section, then the values the project owns."""
+    kw = dict(training)
+    kw["output_dir"] = output_dir
+    kw["seed"] = seed
+    kw.setdefault("data_seed", seed)
+    if device() == "cpu":
+        kw["use_cpu"] = True
+    return kw
+
+
+def training_callbacks(training_kwargs: dict[str, Any], log_dir: str | None) -> list:
+    """Route ``report_to: dvclive`` to a per-run folder (``metrics/<task>/train/<model>``).
+
+    The stock integration writes every run to ./dvclive and needs a git commit; here each
+    run gets its own folder, so parallel runs and ``dvc plots`` keep their curves apart.
+    Only the main process logs (``RANK`` 0). Mutates ``training_kwargs["report_to"]``.
+    """
+    report = training_kwargs.get("report_to", "none")
+    report = [report] if isinstance(report, str) else list(report)
+    if "dvclive" not in report:
+        return []
+    training_kwargs["report_to"] = [r for r in report if r != "dvclive"] or "none"
+    # without a log_dir (benchmarks, learning curves) no curves at all
+    if log_dir is None or int(os.environ.get("RANK", 0)) != 0:
+        return []
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    return [DVCLiveCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]

@@ -1,0 +1,147 @@
+"""``fit``: the one training loop of every LLM method (sft, head, vlm).
+
+A method builds its model (``clinlm.llm.load.load_model``) and its dataset, and gives a
+``loss_fn(model, inputs) -> (summed loss, item count)``; ``fit`` does the rest the same way
+for all: TrainingArguments (or TRL's SFTConfig) from params, dvclive curves, the adapter
+dtype, the loss normalisation, saving (main process only) and ``train_info``.
+
+Loss normalisation: the summed loss is divided by the number of loss items of the whole
+optimizer step (``num_items_in_batch``: answer tokens for sft/vlm, rows for head), counted
+by the Trainer over the gradient-accumulation micro-batches and, with
+``average_tokens_across_devices``, over all processes. So 1 process x batch 2b, 2 processes
+x batch b and 1 process x batch b x 2 accumulation steps compute the same update.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clinlm.llm.builders import build_training_kwargs, is_quantized, resolve_dtype, training_callbacks
+
+LossFn = Callable[[Any, dict[str, Any]], tuple[Any, int]]
+
+
+def _trainer_class(sft: bool):
+    """``Trainer`` (or TRL's ``SFTTrainer``) whose loss is the method's ``loss_fn``."""
+    from transformers import Trainer
+    base = Trainer
+    if sft:
+        from trl import SFTTrainer
+        base = SFTTrainer
+
+    class EngineTrainer(base):
+        loss_is_scaled_for_ga = True  # compute_loss already divides by the step's item count
+
+        def __init__(self, *args: Any, loss_fn: LossFn, **kwargs: Any) -> None:
+            self.loss_fn = loss_fn
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+            total, n = self.loss_fn(model, inputs)
+            if num_items_in_batch is None:  # the Trainer did not count: this micro-batch's
+                denom = n * self.current_gradient_accumulation_steps
+            else:
+                denom = num_items_in_batch
+                if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                    # a global count; DDP averages gradients over processes, so undo that
+                    total = total * self.accelerator.num_processes
+            loss = total / torch.as_tensor(denom, device=total.device, dtype=total.dtype).clamp(min=1)
+            return (loss, None) if return_outputs else loss
+
+    return EngineTrainer
+
+
+def adapter_dtype(cfg: dict[str, Any]):  # -> torch.dtype | None
+    """The dtype LoRA weights train in: a quantized base's compute dtype (bfloat16 on GPUs as
+    in QLoRA; float32 on CPUs without fast bf16 matmuls), ``None`` (peft's fp32) otherwise."""
+    if not is_quantized(cfg.get("bnb")):
+        return None
+    return resolve_dtype(cfg["bnb"].get("bnb_4bit_compute_dtype") or "float32")
+
+
+def peak_memory_gib() -> dict[str, float]:
+    """Peak memory of this process: each visible GPU's allocator peak, and the CPU's RSS."""
+    import torch
+    out = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+           / (2**30 if sys.platform == "darwin" else 2**20)}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            out[f"cuda:{i}"] = torch.cuda.max_memory_allocated(i) / 2**30
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss_fn: LossFn,
+        data_collator: Any = None, sft: bool = False, callbacks: list | None = None,
+        remove_unused_columns: bool | None = None, n_tokens: int | None = None,
+        meta_files: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train ``model`` on ``train_dataset`` and save adapter + processing class to ``run.model_dir``.
+
+    Args:
+        run: the ``clinlm.methods.base.Run`` (``cfg["training"]``, ``cfg["sft"]``, seed, dirs).
+        model: a peft model from ``load_model(..., lora=...)``.
+        processing_class: the tokenizer or processor (saved beside the adapter).
+        loss_fn: ``(model, inputs) -> (summed loss tensor, item count)``.
+        sft: train through TRL's ``SFTTrainer`` with ``SFTConfig(**cfg["sft"], **training)``.
+        n_tokens: tokens in one epoch of the training rows (for ``tokens_per_second``).
+        meta_files: extra JSON files for the model folder (``{"head.json": {...}}``).
+
+    Returns:
+        ``(trainer, info)``: the trainer (``trainer.model`` is the trained model) and
+        ``train_info`` facts: losses, steps, world size, parameters, seconds, throughput,
+        peak memory. Only the main process writes files.
+    """
+    from transformers import TrainingArguments
+
+    cfg, out = run.cfg, Path(run.model_dir)
+    targs = build_training_kwargs(cfg.get("training") or {}, str(out / "checkpoints"), run.seed)
+    if remove_unused_columns is not None:
+        targs["remove_unused_columns"] = remove_unused_columns
+    cbs = training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
+    cbs += list(callbacks or [])
+    if sft:
+        from trl import SFTConfig
+        args = SFTConfig(**(cfg.get("sft") or {}), **targs)
+    else:
+        args = TrainingArguments(**targs)
+    trainer = _trainer_class(sft)(model=model, args=args, train_dataset=train_dataset,
+                                  processing_class=processing_class, data_collator=data_collator,
+                                  callbacks=cbs, loss_fn=loss_fn)
+    dtype = adapter_dtype(cfg)
+    if dtype is not None:  # TRL would cast QLoRA adapters to bf16 whatever the hardware
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad and "lora_" in name and "magnitude" not in name:
+                param.data = param.data.to(dtype)
+    t0 = time.time()
+    result = trainer.train()
+    seconds = time.time() - t0
+
+    trainer.save_model(str(out))  # rank-aware (FSDP / ZeRO-3 gather), main process writes
+    if trainer.is_world_process_zero():
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; params say it all
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        files = {"resolved_config.json": {"model": run.model, "task": run.task, "cfg": cfg,
+                                          "task_cfg": run.task_cfg}, **(meta_files or {})}
+        for name, obj in files.items():
+            (out / name).write_text(json.dumps(obj, indent=2))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    epochs = float(args.num_train_epochs)
+    info = {
+        "method": cfg["method"], "base": cfg["base"], "world_size": int(args.world_size),
+        "steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters()
+                                        if p.requires_grad)),
+        "train_seconds": round(seconds, 1), "peak_memory_gib": peak_memory_gib(),
+    }
+    if n_tokens is not None:
+        info["tokens"] = n_tokens
+        info["tokens_per_second"] = round(n_tokens * epochs / max(seconds, 1e-9), 1)
+    return trainer, info

@@ -1,0 +1,184 @@
+"""``load_model``: the one way every LLM method gets its model, for training or for scoring.
+
+    base (folder or hub id) --bnb/dtype--> model on this process's device
+        --(quantized)--> prepare_model_for_kbit_training   (train AND predict: same layout)
+        --train------->  new LoRA adapter (get_peft_model)
+        --predict----->  saved adapter (PeftModel.from_pretrained) [--> merged, dequantized]
+
+Kinds: ``causal`` (AutoModelForCausalLM: sft), ``seq_cls`` (AutoModelForSequenceClassification:
+head), ``image_text`` (Idefics v1 or AutoModelForImageTextToText: vlm). Threads, dtype,
+device placement and kbit preparation happen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clinlm.llm.builders import (
+    build_bnb_config,
+    build_lora_config,
+    is_quantized,
+    local_device,
+    resolve_dtype,
+    set_threads,
+)
+
+KINDS = ("causal", "seq_cls", "image_text")
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "left", truncation_side: str = "right"):
+    """Tokenizer with a pad token (falls back to EOS) and the given padding/truncation sides."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side, tok.truncation_side = padding_side, truncation_side
+    return tok
+
+
+def load_processor(path: str | Path):
+    """A vision-language processor whose tokenizer has a pad token."""
+    from transformers import AutoProcessor
+    proc = AutoProcessor.from_pretrained(str(path))
+    if proc.tokenizer.pad_token is None:
+        proc.tokenizer.pad_token = proc.tokenizer.eos_token
+    return proc
+
+
+def image_text_family(base: str | Path) -> str:
+    """``"idefics"`` for Idefics (v1) checkpoints, else ``"auto"`` (AutoModelForImageTextToText)."""
+    from transformers import AutoConfig
+    return "idefics" if AutoConfig.from_pretrained(str(base)).model_type == "idefics" else "auto"
+
+
+def _model_class(kind: str, base: str):
+    import transformers as T
+    if kind == "causal":
+        return T.AutoModelForCausalLM
+    if kind == "seq_cls":
+        return T.AutoModelForSequenceClassification
+    if kind == "image_text":
+        return (T.IdeficsForVisionText2Text if image_text_family(base) == "idefics"
+                else T.AutoModelForImageTextToText)
+    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = None,
+               lora: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+               gradient_checkpointing: bool = False, seed: int | None = None,
+               **model_kwargs: Any) -> Any:
+    """The model of a ``models.<m>`` entry (``cfg``), ready to train or to score.
+
+    Args:
+        cfg: the validated model section (``base``, ``dtype``, ``bnb``, ``torch_threads``,
+            ``predict.merge_adapter``).
+        kind: ``causal``, ``seq_cls`` or ``image_text``.
+        adapter: a trained run's folder: load its LoRA adapter for scoring (merged into
+            dequantized layers when ``predict.merge_adapter``). Mutually exclusive with ``lora``.
+        lora: a ``LoraConfig`` section, or a function of the loaded model returning one (the
+            head method names its new head module there): attach a new adapter for training.
+        gradient_checkpointing: training only (kbit preparation enables it).
+        seed: seeds torch before anything random is initialised (a new head, LoRA A).
+        model_kwargs: passed to ``from_pretrained`` (e.g. ``num_labels`` for ``seq_cls``).
+    """
+    if adapter is not None and lora is not None:
+        raise ValueError("load_model: pass adapter (to score) or lora (to train), not both")
+    set_threads(cfg.get("torch_threads"))
+    if seed is not None:
+        import torch
+        torch.manual_seed(seed)
+    kw: dict[str, Any] = {"dtype": resolve_dtype(cfg.get("dtype")) or "auto", **model_kwargs}
+    quantized = is_quantized(cfg.get("bnb"))
+    if quantized:
+        kw["quantization_config"] = build_bnb_config(cfg["bnb"])
+        kw["device_map"] = {"": local_device()}
+    model = _model_class(kind, cfg["base"]).from_pretrained(str(cfg["base"]), **kw)
+    model.config.use_cache = False
+    if quantized:
+        _keep_4bit_compute_dtype(model, cfg["bnb"])
+        # the same layout in training and scoring: non-quantized weights upcast to fp32
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing and lora is not None)
+    elif lora is None:
+        model = model.to(local_device())  # training: the Trainer places the model
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    if lora is not None:
+        from peft import get_peft_model
+        return get_peft_model(model, build_lora_config(lora(model) if callable(lora) else lora))
+    if adapter is None:
+        return model.eval()
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, str(adapter))
+    if (cfg.get("predict") or {}).get("merge_adapter", True):
+        model = merge_lora_dequantized(model, cfg.get("dtype"))
+    return model.eval()
+
+
+def _keep_4bit_compute_dtype(model: Any, bnb: dict[str, Any]) -> None:
+    """Make bnb's 4-bit layers compute in ``bnb_4bit_compute_dtype`` on every CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes' eval-mode forward repacks 4-bit weights for a
+    bf16 kernel, whatever the compute dtype: results then differ from training's path and
+    from other CPUs (0.2 % of the logits' range measured), and layers narrower than 32
+    outputs fail. With a float32 compute dtype we keep its exact path everywhere.
+    """
+    if str(bnb.get("bnb_4bit_compute_dtype") or "float32") not in ("float32", "torch.float32"):
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def merge_lora_dequantized(model: Any, dtype: str | None = "float32") -> Any:
+    """Fold LoRA adapters into plain ``nn.Linear`` layers, for fast inference.
+
+    A bitsandbytes 4-bit base layer is first dequantized (the exact weights its own forward
+    uses), then ``B @ A * scaling`` is added in ``dtype``. The result computes what the
+    quantized base + adapter computes, up to float rounding, without the per-call
+    dequantization and the two extra LoRA matmuls (peft's own ``merge_and_unload`` would
+    re-quantize the merged weight to 4 bits, which changes the model). Returns the
+    underlying ``PreTrainedModel`` with no LoRA layers; ``modules_to_save`` wrappers (e.g. a
+    trained head) stay and run their trained copy.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    target = resolve_dtype(dtype) or torch.float32
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    replacements = []
+    for name, module in causal.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        weight = base.weight
+        if getattr(weight, "quant_state", None) is not None:  # bnb Params4bit
+            import bitsandbytes.functional as bnbf
+            data, state = weight.data, weight.quant_state
+            if getattr(state, "packing_format_for_cpu", False):
+                # on AVX512-BF16 CPUs an eval-mode forward repacks the weight in place for
+                # bnb's bf16 kernel; dequantizing that layout as-is would give garbage
+                data, state = bnbf._convert_weight_packed_for_cpu_inverse(data, state)
+            w = bnbf.dequantize_4bit(data, state).to(torch.float32)
+        elif hasattr(weight, "SCB"):  # bnb 8-bit: leave it to peft
+            raise ValueError(f"{name}: merging 8-bit layers is not supported; "
+                             "set predict.merge_adapter: false")
+        else:
+            w = weight.data.to(torch.float32)
+        for name_a in module.active_adapters:
+            if name_a in module.lora_A:
+                w = w + module.get_delta_weight(name_a).to(torch.float32)
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=base.bias is not None,
+                              device=w.device, dtype=target)
+        with torch.no_grad():
+            lin.weight.copy_(w.to(target))
+            if base.bias is not None:
+                lin.bias.copy_(base.bias.to(target))
+        replacements.append((name, lin))
+    for name, lin in replacements:
+        parent_name, _, child = name.rpartition(".")
+        setattr(causal.get_submodule(parent_name) if parent_name else causal, child, lin)
+    return causal.eval()

@@ -1,0 +1,119 @@
+"""clinlm.tasks: the registry, the typed download/statements sections, the thin lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+from clinlm import tasks
+from clinlm.noshow.sources import DEFAULT_N_SYNTHETIC, KAGGLE_DATASET, NoshowDownload
+from clinlm.noshow.synthetic import generate_synthetic
+from clinlm.noshow.task import NoshowStatements, NoshowTask
+from clinlm.tasks import TASKS, Task, get_task, parse_section
+from clinlm.vascular.task import VascularAgeTask, VascularDownload, VascularStatements
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registry_names_classes() -> None:
+    assert set(TASKS) == {"noshow", "vascular_age"}
+    for name in TASKS:
+        task = get_task(name)
+        assert isinstance(task, Task) and task.name == name
+        for model in (task.download_config, task.statements_config):
+            assert issubclass(model, BaseModel) and model.model_config["extra"] == "forbid"
+    assert isinstance(get_task("noshow"), NoshowTask)
+    assert isinstance(get_task("vascular_age"), VascularAgeTask)
+
+
+def test_unknown_task_lists_known() -> None:
+    with pytest.raises(KeyError, match=r"unknown task 'nosho'; known: noshow, vascular_age"):
+        get_task("nosho")
+    with pytest.raises(KeyError, match="known: noshow, vascular_age"):
+        tasks.download("nosho", {}, 0, Path("unused"))
+
+
+def test_defaults_are_the_code_defaults() -> None:
+    assert NoshowDownload().model_dump() == {
+        "source": "auto", "csv_path": None, "n_synthetic": DEFAULT_N_SYNTHETIC,
+        "kaggle_dataset": KAGGLE_DATASET}
+    assert NoshowStatements().model_dump() == {"history": True}
+    assert VascularDownload().model_dump() == {
+        "source": "synthetic", "n_synthetic": 1500, "noise_sd": 4.0, "ptbxl_dir": None,
+        "target_column": "age", "max_records": None, "sampling_rate": 100, "csv_path": None,
+        "id_column": "id", "csv_target_column": "vascular_age", "ecg_columns": {},
+        "demographic_columns": {}, "group_column": None, "processes": 1}
+    assert VascularStatements().model_dump() == {"include_age": None,
+                                                 "include_risk_factors": None}
+
+
+def test_params_yaml_sections_validate() -> None:
+    from ruamel.yaml import YAML
+
+    params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    for name, section in params["tasks"].items():
+        task = get_task(name)
+        task.download_settings(section)
+        task.statement_settings(section)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_typo_and_bad_source_are_errors(name: str) -> None:
+    model = get_task(name).download_config
+    where = f"tasks.{name}.download"
+    with pytest.raises(ValueError, match=rf"{where}\.n_synthtic: unknown key; allowed: .*"
+                                         "n_synthetic"):
+        parse_section(model, {"n_synthtic": 300}, where)
+    with pytest.raises(ValueError, match=rf"{where}\.source: .*'s3'"):
+        parse_section(model, {"source": "s3"}, where)
+    with pytest.raises(ValueError):  # the pydantic model itself refuses both too
+        model.model_validate({"n_synthtic": 300})
+    with pytest.raises(ValueError):
+        model.model_validate({"source": "s3"})
+    with pytest.raises(ValueError, match=rf"{where}\.n_synthetic"):
+        parse_section(model, {"n_synthetic": "many"}, where)
+
+
+def test_null_is_default_and_types() -> None:
+    cfg = parse_section(VascularDownload, {"n_synthetic": None, "noise_sd": 2, "max_records": 5},
+                        "x")
+    assert cfg.n_synthetic == 1500 and cfg.noise_sd == 2.0 and cfg.max_records == 5
+    with pytest.raises(ValueError, match=r"x\.sampling_rate: 250 not one of 100 or 500"):
+        parse_section(VascularDownload, {"sampling_rate": 250}, "x")
+    with pytest.raises(ValueError, match=r"tasks\.vascular_age\.statements\.history: unknown"):
+        get_task("vascular_age").statement_settings({"statements": {"history": True}})
+    with pytest.raises(ValueError, match=r"tasks\.noshow\.statements\.include_age: unknown"):
+        get_task("noshow").statement_settings({"statements": {"include_age": True}})
+
+
+def test_noshow_through_registry(tmp_path: Path) -> None:
+    cfg = {"download": {"source": "synthetic", "n_synthetic": 120}, "statements": {}}
+    info = tasks.download("noshow", cfg, 3, tmp_path)
+    assert info["data_source"] == "synthetic" and info["n_rows"] == 120
+    assert (tmp_path / "appointments.csv").is_file()
+    table = tasks.build_table("noshow", cfg, tmp_path)
+    assert len(table) == 120 and "f_prior_noshows" in table.columns
+    short = tasks.build_table("noshow", {"statements": {"history": False}}, tmp_path)
+    assert "f_prior_noshows" not in short.columns
+    with pytest.raises(ValueError, match="n_synthtic"):
+        tasks.download("noshow", {"download": {"n_synthtic": 3}}, 0, tmp_path)
+
+
+def test_noshow_table_from_csv(tmp_path: Path) -> None:
+    raw = generate_synthetic(30, seed=2)
+    labeled, unlabeled = tmp_path / "a.csv", tmp_path / "b.csv"
+    raw.to_csv(labeled, index=False)
+    raw.drop(columns="No-show").to_csv(unlabeled, index=False)
+    t1 = tasks.table_from_csv("noshow", {}, labeled)
+    t2 = tasks.table_from_csv("noshow", {}, unlabeled)
+    assert t1["label"].notna().all() and t2["label"].isna().all()
+    assert len(t1) == len(t2) == 30
+    # a prepared table (id + statement) is used as is, for any task
+    ready = tmp_path / "ready.csv"
+    pd.DataFrame({"id": ["007"], "statement": ["A patient."]}).to_csv(ready, index=False)
+    for name in TASKS:
+        got = tasks.table_from_csv(name, {}, ready)
+        assert got["id"].tolist() == ["007"] and got["label"].isna().all()
