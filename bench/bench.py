@@ -410,7 +410,28 @@ def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     lines += gpu_section(ROOT / "bench/gpu_results.json")
+    lines += scale_out_section()
     return "\n".join(lines) + "\n"
+
+
+def scale_out_section() -> list[str]:
+    """What the multi-process paths have (and have not) been measured on."""
+    return [
+        "", "## Scaling out (multi-process / DeepSpeed / FSDP / vLLM)", "",
+        "Measured on CPU only, for correctness: 2 torchrun processes with gloo train sft, head "
+        "and vlm (one model folder, written by rank 0), the sft update equals one process's (tests/llm/test_distributed.py, "
+        "tests/methods/test_head.py, tests/methods/test_vlm.py) and shard prediction back into "
+        "the single-process CSV; `dvc repro` relaunches a run with `launch.num_processes: 2` "
+        "(tests/test_pipeline_e2e.py).", "",
+        "**Not measured yet** (no GPU was lent to the session that built them): the "
+        "Llama-3.1-8B preset with `launch.num_processes` = 1 vs DeepSpeed ZeRO-2 "
+        "(`training.deepspeed=configs/deepspeed/zero2.json`) vs FSDP "
+        "(`training.fsdp='full_shard auto_wrap'`, `training.fsdp_config=configs/fsdp/qlora.json`, "
+        "`bnb.bnb_4bit_quant_storage=bfloat16`) tokens/s and peak memory; `predict.engine: vllm` "
+        "rows/s and its agreement with the HF scorer (tests/llm/test_engine.py has the check, "
+        "skipped without a GPU). Command for the next GPU session: `python bench/gpu_bench.py "
+        "--out DIR --recipes project --set ...` with the settings above.",
+    ]
 
 
 def gpu_section(path: Path) -> list[str]:

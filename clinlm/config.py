@@ -84,13 +84,19 @@ METHODS = tuple(METHOD_CONFIGS)
 LLM_METHODS = ("sft", "head", "vlm")
 
 
+def import_object(registry: Mapping[str, str], name: str, what: str) -> Any:
+    """``registry[name]`` (``"module:attribute"``) imported: registries name their entries as
+    strings so that importing a registry imports none of them."""
+    import importlib
+    if name not in registry:
+        raise KeyError(f"unknown {what} {name!r}; known: {', '.join(sorted(registry))}")
+    module, attr = registry[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def model_config_class(method: str) -> type[ModelCommon]:
     """The typed config of ``models.<m>`` for ``method``."""
-    import importlib
-    if method not in METHOD_CONFIGS:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    module, cls = METHOD_CONFIGS[method].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return import_object(METHOD_CONFIGS, method, "method")
 
 
 class VLMBaseConfig(Strict):

@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def predict_table(run: Run, df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """Run the method's predict on ``df`` and shape the result into the shared schema."""
-    out = get_method(run.cfg["method"]).predict(run, df)
+    """Run the method's predict on ``df`` and shape the result into the shared schema.
+
+    Under a multi-process launch (``clinlm.launch``) each process predicts its share of the
+    rows and every process gets all of them back in ``df``'s order.
+    """
+    from clinlm.launch import shard_and_gather
+    method = get_method(run.cfg["method"])
+    out = shard_and_gather(df, lambda part: method.predict(run, part))
     if list(out["id"].astype(str)) != list(df["id"].astype(str)):
         raise RuntimeError(f"{run.model}: predict returned rows out of order or missing")
     res = pd.DataFrame({"id": df["id"].astype(str).to_numpy(), "y_true": df["label"].to_numpy()})

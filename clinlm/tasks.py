@@ -14,7 +14,6 @@ A task owns its data steps behind the generic stages:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from clinlm.config import Strict, parse_section
+from clinlm.config import Strict, import_object, parse_section
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +140,7 @@ class Task:
 
 def get_task(name: str) -> Task:
     """Instantiate the task registered under ``name``."""
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_object(TASKS, name, "task")()
 
 
 def download(task: str, cfg: dict[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:

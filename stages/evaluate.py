@@ -20,7 +20,8 @@ from clinlm.paths import (
 if __name__ == "__main__":
     setup_logging()
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", required=True, help="runs.<name> in params.yaml")
+    # positional: torchrun (the multi-process relaunch) reads `--run` as its own `--run-path`
+    ap.add_argument("run", help="a run name from runs.<method> in params.yaml")
     args = ap.parse_args()
     params = load_params()
     task, task_cfg, model, model_cfg = run_spec(params, args.run)

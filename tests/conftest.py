@@ -48,3 +48,35 @@ def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra)
            "predict": {"batch_size": predict_batch_size, "autocast_dtype": None}}
     cfg.update(extra)
     return cfg
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_distributed(tmp_path: Path, run: dict, rows, *, processes: int = 2, train: bool = True,
+                    predict: bool = False, name: str = "dist") -> list[dict]:
+    """Train and/or predict ``run`` (Run fields) on ``rows`` through the real method code in
+    ``processes`` CPU processes under torchrun (gloo); returns each rank's report
+    (tests/dist_worker.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{name}-out"
+    spec = tmp_path / f"{name}.json"
+    spec.write_text(json.dumps({"run": {k: str(v) if isinstance(v, Path) else v
+                                        for k, v in run.items()},
+                                "rows": rows.to_dict(orient="records"), "train": train,
+                                "predict": predict, "watch": str(run["model_dir"]),
+                                "out": str(out)}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+           f"--master-port={free_port()}", str(ROOT / "tests" / "dist_worker.py"), str(spec)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(processes)]

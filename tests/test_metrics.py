@@ -108,9 +108,9 @@ def test_timings_stay_out_of_cached_outputs_and_metrics(tmp_path, monkeypatch):
 
     outputs = []
     for _ in range(2):
-        _stage(monkeypatch, "train", "--run", "noshow-gbdt")
-        _stage(monkeypatch, "predict", "--run", "noshow-gbdt")
-        _stage(monkeypatch, "evaluate", "--run", "noshow-gbdt")
+        _stage(monkeypatch, "train", "noshow-gbdt")
+        _stage(monkeypatch, "predict", "noshow-gbdt")
+        _stage(monkeypatch, "evaluate", "noshow-gbdt")
         outputs.append((info_path.read_bytes(), metrics.read_bytes(),
                         (tmp_path / "metrics/noshow/train/gbdt/train_info.json").read_bytes()))
     assert outputs[0] == outputs[1]  # nothing in them moves with the clock

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -134,3 +135,39 @@ def test_predict_cli_on_a_new_csv(repo, tmp_path):
         "--output", str(out)], repo)
     lines = out.read_text().splitlines()
     assert lines[0] == "id,y_true,p_yes,y_pred" and len(lines) == 11
+
+
+def test_dvc_remote_push_clone_pull_reuses_every_stage(repo, tmp_path):
+    """A teammate (or a GPU box) pulls the cached stages from a DVC remote: nothing reruns."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    remote = tmp_path / "remote"
+    sh(["dvc", "remote", "add", "-d", "-f", "shared", str(remote)], repo)
+    sh([*git, "add", "-A"], repo)
+    sh([*git, "commit", "-qm", "results + remote"], repo)
+    sh(["dvc", "push", "-q"], repo)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / "data").exists()
+    sh(["dvc", "pull", "-q"], clone)
+    assert (clone / "data/models/noshow/smollm2-sft/adapter_model.safetensors").exists()
+    assert "up to date" in sh(["dvc", "status"], clone)
+    out = sh(["dvc", "repro"], clone)
+    assert "Running stage" not in out, out[-2000:]
+
+
+def test_launch_two_processes_through_dvc(repo):
+    """`launch.num_processes: 2` -> the stages re-execute under torchrun (gloo on CPU): DDP
+    training written once by rank 0, sharded prediction gathered into the one CSV."""
+    params_path = repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["models"]["smollm2-sft"]["launch"] = {"num_processes": 2}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro", "predict_sft@noshow-smollm2-sft"], repo)
+    assert "Running stage 'train_sft@noshow-smollm2-sft'" in out
+    info = json.loads((repo / "data/models/noshow/smollm2-sft/train_info.json").read_text())
+    assert info["world_size"] == 2 and set(info["peak_memory_gib"]) == {"rank0", "rank1"}
+    timing = json.loads((repo / "metrics/noshow/timing/predict/smollm2-sft.json").read_text())
+    assert timing["processes"] == 2
+    pred = (repo / "data/predictions/noshow/smollm2-sft.csv").read_text().splitlines()
+    test_ids = pd.read_parquet(repo / "data/processed/noshow/test.parquet")["id"]
+    assert [line.split(",")[0] for line in pred[1:]] == test_ids.astype(str).tolist()

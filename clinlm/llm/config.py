@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 from clinlm.config import ModelCommon, Strict
 
@@ -18,6 +18,20 @@ class PredictConfig(Strict):
     autocast_dtype: str | None = None
     merge_adapter: bool = True         # fold LoRA into dequantized linear layers (same outputs)
     prefix_cache: bool = True          # run the prompt prefix all rows share once (sft)
+    engine: Literal["hf", "vllm"] = "hf"  # vllm: sft classification on GPUs (clinlm.llm.vllm_engine)
+    vllm: dict[str, Any] = {}          # vllm.LLM arguments, e.g. tensor_parallel_size, max_model_len
+
+
+class LaunchConfig(Strict):
+    """Process layout of a run (``clinlm.launch``): more than one process re-executes the
+    train/predict stage under torchrun; DeepSpeed / FSDP go through ``training.deepspeed``,
+    ``training.fsdp`` and ``training.fsdp_config`` (TrainingArguments' own fields)."""
+
+    num_processes: PositiveInt = 1          # processes (GPUs) per machine
+    num_machines: PositiveInt = 1
+    machine_rank: NonNegativeInt = 0        # this machine's index (0 = the main one)
+    main_process_ip: str | None = None      # the main machine's address (null = 127.0.0.1)
+    main_process_port: PositiveInt = 29500
 
 
 class LLMConfig(ModelCommon):
@@ -31,3 +45,4 @@ class LLMConfig(ModelCommon):
     lora: dict[str, Any]               # peft.LoraConfig fields
     training: dict[str, Any] = {}      # transformers.TrainingArguments fields
     predict: PredictConfig = PredictConfig()
+    launch: LaunchConfig = LaunchConfig()

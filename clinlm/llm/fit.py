@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clinlm.launch import gather_object
 from clinlm.llm.builders import build_training_kwargs, is_quantized, resolve_dtype, training_callbacks
 
 LossFn = Callable[[Any, dict[str, Any]], tuple[Any, int]]
@@ -96,7 +97,8 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
     Returns:
         ``(trainer, info)``: the trainer (``trainer.model`` is the trained model) and
         ``train_info`` facts: losses, steps, world size, parameters, seconds, throughput,
-        peak memory. Only the main process writes files.
+        peak memory of every process. Only the main process writes files; under a
+        distributed launch every process calls ``fit`` (the Trainer shards the rows).
     """
     from transformers import TrainingArguments
 
@@ -135,11 +137,14 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
     epochs = float(args.num_train_epochs)
     info = {
         "method": cfg["method"], "base": cfg["base"], "world_size": int(args.world_size),
+        "distributed": str(getattr(trainer.accelerator.distributed_type, "value",
+                                   trainer.accelerator.distributed_type)),  # NO, MULTI_CPU, FSDP, ...
         "steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters()
                                         if p.requires_grad)),
-        "train_seconds": round(seconds, 1), "peak_memory_gib": peak_memory_gib(),
+        "train_seconds": round(seconds, 1),
+        "peak_memory_gib": {f"rank{i}": p for i, p in enumerate(gather_object(peak_memory_gib()))},
     }
     if n_tokens is not None:
         info["tokens"] = n_tokens

@@ -91,12 +91,16 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
         torch.manual_seed(seed)
     kw: dict[str, Any] = {"dtype": resolve_dtype(cfg.get("dtype")) or "auto", **model_kwargs}
     quantized = is_quantized(cfg.get("bnb"))
+    sharded = lora is not None and sharded_training(cfg.get("training") or {})
     if quantized:
         kw["quantization_config"] = build_bnb_config(cfg["bnb"])
-        kw["device_map"] = {"": local_device()}
+        if sharded:  # FSDP / ZeRO-3 shard the weights themselves: one dtype, no device map
+            kw["dtype"] = _quant_storage(cfg["bnb"])
+        else:
+            kw["device_map"] = {"": local_device()}
     model = _model_class(kind, cfg["base"]).from_pretrained(str(cfg["base"]), **kw)
     model.config.use_cache = False
-    if quantized:
+    if quantized and not sharded:
         _keep_4bit_compute_dtype(model, cfg["bnb"])
         # the same layout in training and scoring: non-quantized weights upcast to fp32
         from peft import prepare_model_for_kbit_training
@@ -113,9 +117,31 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
         return model.eval()
     from peft import PeftModel
     model = PeftModel.from_pretrained(model, str(adapter))
-    if (cfg.get("predict") or {}).get("merge_adapter", True):
+    if cfg["predict"]["merge_adapter"]:
         model = merge_lora_dequantized(model, cfg.get("dtype"))
     return model.eval()
+
+
+def sharded_training(training: dict[str, Any]) -> bool:
+    """Whether ``training`` shards the model's weights (FSDP, or DeepSpeed ZeRO stage 3)."""
+    if training.get("fsdp"):
+        return True
+    ds = training.get("deepspeed")
+    if isinstance(ds, str):
+        import json
+        ds = json.loads(Path(ds).read_text())
+    return bool(ds) and int((ds.get("zero_optimization") or {}).get("stage", 0)) == 3
+
+
+def _quant_storage(bnb: dict[str, Any]) -> Any:
+    """The dtype 4-bit weights are stored in when FSDP / ZeRO-3 shard them: it must be the
+    compute dtype (FSDP shards floating-point tensors of one dtype per unit)."""
+    storage = bnb.get("bnb_4bit_quant_storage")
+    if storage in (None, "uint8"):
+        raise ValueError("FSDP / DeepSpeed ZeRO-3 with a 4-bit base needs "
+                         "bnb.bnb_4bit_quant_storage set to the compute dtype (e.g. bfloat16); "
+                         "ZeRO-2 and DDP do not")
+    return resolve_dtype(storage)
 
 
 def _keep_4bit_compute_dtype(model: Any, bnb: dict[str, Any]) -> None:

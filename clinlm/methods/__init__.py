@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from clinlm.config import import_object
 from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
 
 # name -> "module:Class"; modules are imported only when the method is used.
@@ -18,10 +17,7 @@ REGISTRY: dict[str, str] = {
 
 def get_method(name: str) -> Method:
     """Instantiate the method registered under ``name``."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_object(REGISTRY, name, "method")()
 
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "Method", "Run", "REGISTRY", "get_method"]

@@ -152,7 +152,7 @@ def select_few_shot(train_df: pd.DataFrame, k: int, task_type: str,
 def partial_key(ids: Sequence[str], model_id: str, task_type: str, task_cfg: Mapping[str, Any],
                 few_shot: Sequence[Mapping[str, str]] = (), temperature: float = 0.0) -> str:
     """Hash of everything that determines the answers: resumed rows must match all of it."""
-    prompt = dict(task_cfg.get("prompt", {}))
+    prompt = dict(task_cfg["prompt"])
     blob = json.dumps({"ids": list(ids), "model_id": model_id, "task_type": task_type,
                        "system": prompt.get("system"), "question": prompt.get("question"),
                        "few_shot": list(few_shot), "temperature": temperature},

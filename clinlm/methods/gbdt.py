@@ -45,7 +45,7 @@ class GBDTMethod(Method):
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         kw = {"random_state": run.seed, "categorical_features": "from_dtype",
-              **run.cfg.get("hist_gbdt", {})}
+              **run.cfg["hist_gbdt"]}
         x = feature_frame(train_df)
         t0 = time.time()
         if run.task_type == CLASSIFICATION:

@@ -92,6 +92,16 @@ class SFTMethod(Method):
         """Score every row with one batched forward pass per batch (see module docstring)."""
         from clinlm.llm.scorer import Scorer
 
+        if run.task_type == CLASSIFICATION and run.cfg["predict"]["engine"] == "vllm":
+            from clinlm.llm import vllm_engine
+            from clinlm.llm.load import load_tokenizer
+
+            tok = load_tokenizer(run.model_dir)
+            ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in ("Yes", "No")]
+            prompts = prompt_texts(tok, df["statement"].tolist(), run.task_cfg)
+            p = vllm_engine.choice_probs(run.model_dir, run.cfg, run.work_dir or run.model_dir,
+                                         prompts, ids)[:, 0]
+            return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})
         scorer = Scorer.from_run(run.model_dir, run.cfg)
         prompts = prompt_texts(scorer.tok, df["statement"].tolist(), run.task_cfg)
         if run.task_type == CLASSIFICATION:

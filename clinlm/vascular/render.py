@@ -8,7 +8,7 @@ strip. Paper: 1 mm minor grid (light pink), 5 mm major grid (red), 25 mm/s, 10 m
 ``width_px`` (262 mm including margins), so 512 px wide gives ~2 px/mm.
 
 Drawing uses numpy (the grid, cached per image size) and ``PIL.ImageDraw`` polylines, not
-matplotlib: 60-115 PNG images/s on one (shared) core at 512 x 384, measured.
+matplotlib, which is an order of magnitude slower per image.
 Files are written atomically (:func:`clinlm.io.atomic_path`).
 """
 

@@ -91,7 +91,7 @@ def test_qlora_train_info_and_adapter_dtype(tiny_llama, tmp_path):
     run = Run("noshow", "classification", "q", cfg, tmp_path / "q", tmp_path, seed=1, task_cfg=TASK)
     info = SFTMethod().train(run, _df(8))
     assert info["world_size"] == 1 and info["steps"] == 1 and info["tokens_per_second"] > 0
-    assert info["peak_memory_gib"]["cpu_rss"] > 0
+    assert info["peak_memory_gib"]["rank0"]["cpu_rss"] > 0
     from safetensors.torch import load_file
     weights = load_file(str(tmp_path / "q" / "adapter_model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
@@ -123,8 +123,54 @@ def test_defaults_come_from_the_typed_config(tiny_llama):
     del cfg["predict"]
     run = Run("t", "regression", "m", cfg, ".", ".", task_cfg={})
     assert run.cfg["predict"] == {"batch_size": 32, "max_length": 256, "autocast_dtype": None,
-                                  "merge_adapter": True, "prefix_cache": True}
+                                  "merge_adapter": True, "prefix_cache": True, "engine": "hf",
+                                  "vllm": {}}
+    assert run.cfg["launch"]["num_processes"] == 1
     assert run.task_cfg["answer"] == {"min": 18, "max": 110}
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="batch_sise"):
         Run("t", "regression", "m", {**cfg, "predict": {"batch_sise": 2}}, ".", ".")
+
+
+def test_vllm_engine_scores_like_the_hf_scorer(tiny_llama, tmp_path):
+    """predict.engine: vllm agrees with the HF scorer (needs vllm and a CUDA GPU)."""
+    pytest.importorskip("vllm", reason="vllm is not installed (GPU-only engine)")
+    if not torch.cuda.is_available():
+        pytest.skip("predict.engine: vllm needs a CUDA GPU; this machine has none")
+    from clinlm.methods.sft import SFTMethod
+    cfg = tiny_sft_cfg(tiny_llama, epochs=1)
+    run = Run("noshow", "classification", "v", cfg, tmp_path / "v", tmp_path, seed=1,
+              task_cfg=TASK, work_dir=tmp_path / "work")
+    SFTMethod().train(run, _df(16))
+    hf = SFTMethod().predict(run, _df(32))
+    run.cfg["predict"]["engine"] = "vllm"
+    vl = SFTMethod().predict(run, _df(32))
+    assert np.abs(hf["p_yes"] - vl["p_yes"]).max() < 0.02
+    assert ((hf["p_yes"] >= 0.5) == (vl["p_yes"] >= 0.5)).mean() >= 0.99
+
+
+def test_sharded_training_needs_the_quant_storage_dtype(tiny_llama, tmp_path):
+    """FSDP / ZeRO-3 shard one dtype per unit: a 4-bit base must be stored in it."""
+    import json
+
+    from clinlm.llm.load import load_model, sharded_training
+    ds3 = tmp_path / "z3.json"
+    ds3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    assert sharded_training({"fsdp": "full_shard auto_wrap"})
+    assert sharded_training({"deepspeed": str(ds3)})
+    assert not sharded_training({"deepspeed": {"zero_optimization": {"stage": 2}}})
+    assert not sharded_training({})
+    cfg = Run("t", "classification", "m", tiny_sft_cfg(tiny_llama, bnb=NF4), ".", ".").cfg
+    cfg["training"]["fsdp"] = "full_shard auto_wrap"
+    with pytest.raises(ValueError, match="bnb_4bit_quant_storage"):
+        load_model(cfg, "causal", lora=cfg["lora"])
+
+
+def test_repo_launch_configs_parse():
+    import json
+
+    from tests.conftest import ROOT
+    for path in (ROOT / "configs").rglob("*.json"):
+        json.loads(path.read_text())
+    z3 = json.loads((ROOT / "configs/deepspeed/zero3.json").read_text())
+    assert z3["zero_optimization"]["stage"] == 3

@@ -261,3 +261,21 @@ def test_qlora_4bit_train_and_reload_identity(tiny_base: str, tmp_path: Path) ->
     torch.manual_seed(7)
     out = HeadMethod().predict(run, copy.deepcopy(df))
     np.testing.assert_allclose(out["p_yes"], mem["p_yes"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_head_trains_once_and_only_rank0_writes(tiny_base: str, tmp_path: Path) -> None:
+    """2 CPU processes under torchrun (gloo): one model folder, written by rank 0 only."""
+    from tests.conftest import run_distributed
+
+    cfg = make_cfg(tiny_base, epochs=8)
+    cfg["training"]["per_device_train_batch_size"] = 16  # 2 x 16 = all 32 rows a step
+    run = make_run(cfg, tmp_path)
+    ranks = run_distributed(tmp_path, {k: getattr(run, k) for k in
+                                       ("task", "task_type", "model", "model_dir", "data_dir",
+                                        "seed", "task_cfg")} | {"cfg": cfg}, waits_table())
+    info = ranks[0]["info"]
+    assert info["world_size"] == 2 and info["steps"] == 8  # 32 rows / (2 x 16) x 8 epochs
+    assert info["last_loss"] < info["first_loss"]
+    assert ranks[0]["written"] and not ranks[1]["written"]
+    assert json.loads((run.model_dir / META_FILE).read_text())["num_labels"] == 2

@@ -218,3 +218,23 @@ def test_runs_sit_in_their_method_group_with_their_base():
     params["runs"]["gbdt"]["v"] = {"task": "noshow", "model": "gbdt"}
     with pytest.raises(ParamsError, match="also in runs.vlm"):
         validate(params)
+
+
+@pytest.mark.slow
+def test_ddp_vlm_trains_once_and_only_rank0_writes(tiny_idefics3, vlm_rows, tmp_path):
+    """2 CPU processes under torchrun (gloo): the image collator and answer loss under DDP."""
+    from tests.conftest import run_distributed
+
+    df, images = vlm_rows
+    cfg = vlm_cfg(tiny_idefics3, images, target_modules=".*text_model.*\\.(q_proj|v_proj)",
+                  modules_to_save=["vision_model", "connector"])
+    cfg["training"].update(per_device_train_batch_size=3, num_train_epochs=8)
+    run = make_run(tmp_path, cfg)
+    ranks = run_distributed(tmp_path, {k: getattr(run, k) for k in
+                                       ("task", "task_type", "model", "model_dir", "data_dir",
+                                        "seed", "task_cfg")} | {"cfg": cfg}, df)
+    info = ranks[0]["info"]
+    assert info["world_size"] == 2 and info["steps"] == 16  # 12 rows / (2 x 3) x 8 epochs
+    assert info["last_loss"] < info["first_loss"]
+    assert ranks[0]["written"] and not ranks[1]["written"]
+    assert (run.model_dir / "adapter_model.safetensors").exists()
