@@ -5,7 +5,7 @@ Regression CSV: ``id, y_true, y_pred, y_lo, y_hi``.
 Rows a method could not score (NaN ``p_yes`` / ``y_pred``) are counted as ``n_failed``
 and left out of the metrics, never silently dropped.
 
-Wall-clock figures (seconds, rates) are no metrics: they change on every rerun of the same code
+Wall-clock and memory figures (seconds, rates, peak memory) are no metrics: they change on every rerun of the same code
 and data. ``split_timing`` takes them out of a method's train info; the train / predict stages
 write them to ``timing_path`` (``metrics/<task>/timing/{train,predict}/<model>.json``, DVC outs
 with ``cache: false``), so neither a cached model folder nor ``dvc metrics diff`` sees them.
@@ -25,9 +25,9 @@ TIMING_PHASES = ("train", "predict")
 
 
 def is_timing_key(key: str) -> bool:
-    """A wall-clock figure: ``seconds``, ``*_seconds``, ``*_per_second`` (e.g. ``train_seconds``,
-    ``stage_seconds``, ``tokens_per_second``, ``rows_per_second``)."""
-    return key == "seconds" or key.endswith(("_seconds", "_per_second"))
+    """A figure of the machine, not of the model: ``seconds``, ``*_seconds``, ``*_per_second``
+    (``train_seconds``, ``tokens_per_second``, ...) and ``peak_memory_gib`` (per process)."""
+    return key in ("seconds", "peak_memory_gib") or key.endswith(("_seconds", "_per_second"))
 
 
 def split_timing(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -74,6 +74,7 @@ def test_split_timing_takes_out_every_wall_clock_figure():
     assert rest == {"method": "sft", "n_train": 8, "tokens": 100, "train_loss": 0.5}
     assert timing == {"train_seconds": 9.5, "tokens_per_second": 10.5, "seconds": 1.0}
     assert not is_timing_key("n_seconds_rows") and is_timing_key("rows_per_second")
+    assert is_timing_key("peak_memory_gib")  # machine figures stay out of the model folder
     assert timing_path("noshow", "predict", "gbdt").as_posix() == "metrics/noshow/timing/predict/gbdt.json"
     with pytest.raises(ValueError, match="phase"):
         timing_path("noshow", "evaluate", "gbdt")

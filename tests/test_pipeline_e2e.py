@@ -165,7 +165,9 @@ def test_launch_two_processes_through_dvc(repo):
     out = sh(["dvc", "repro", "predict_sft@noshow-smollm2-sft"], repo)
     assert "Running stage 'train_sft@noshow-smollm2-sft'" in out
     info = json.loads((repo / "data/models/noshow/smollm2-sft/train_info.json").read_text())
-    assert info["world_size"] == 2 and set(info["peak_memory_gib"]) == {"rank0", "rank1"}
+    assert info["world_size"] == 2 and info["distributed"] == "MULTI_CPU"
+    train = json.loads((repo / "metrics/noshow/timing/train/smollm2-sft.json").read_text())
+    assert set(train["peak_memory_gib"]) == {"rank0", "rank1"} and train["tokens_per_second"] > 0
     timing = json.loads((repo / "metrics/noshow/timing/predict/smollm2-sft.json").read_text())
     assert timing["processes"] == 2
     pred = (repo / "data/predictions/noshow/smollm2-sft.csv").read_text().splitlines()
