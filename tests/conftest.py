@@ -35,6 +35,20 @@ def tiny_llama(tmp_path_factory) -> Path:
     return out
 
 
+YES_NO_TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
+
+
+def waits_rows(n: int = 16):
+    """``n`` learnable no-show rows: a long wait means Yes (seeded)."""
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    wait = rng.integers(0, 40, n)
+    return pd.DataFrame({"id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
+                         "statement": [f"Booked {w} days ahead." for w in wait],
+                         "label": np.where(wait > 20, "Yes", "No")})
+
+
 def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra) -> dict:
     """A ``method: sft`` model entry sized for the tiny test models (fp32, no 4-bit, LoRA r 4)."""
     cfg = {"method": "sft", "base": str(base), "dtype": "float32", "max_train_rows": None,

@@ -6,19 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_distributed, tiny_sft_cfg
+from tests.conftest import YES_NO_TASK, run_distributed, tiny_sft_cfg, waits_rows
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # torchrun starts 2 processes per test (~30 s each on 2 cores)
-TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
+TASK = YES_NO_TASK
+
 
 
 def _rows(n: int = 16) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    wait = rng.integers(0, 40, n)
-    return pd.DataFrame({"id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
-                         "statement": [f"Booked {w} days ahead." for w in wait],
-                         "label": np.where(wait > 20, "Yes", "No")})
+    return waits_rows(n)
 
 
 def _run(cfg: dict, tmp_path, name: str, task_type: str = "classification") -> dict:

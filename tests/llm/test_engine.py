@@ -9,18 +9,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from clinlm.methods.base import Run  # noqa: E402
-from tests.conftest import tiny_sft_cfg  # noqa: E402
+from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows  # noqa: E402
 
-TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
+TASK = YES_NO_TASK
 NF4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
 
 
+
 def _df(n: int = 16) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    wait = rng.integers(0, 40, n)
-    return pd.DataFrame({"id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
-                         "statement": [f"Booked {w} days ahead." for w in wait],
-                         "label": np.where(wait > 20, "Yes", "No")})
+    return waits_rows(n)
 
 
 def test_answer_loss_projects_only_answer_positions(tiny_llama):

@@ -7,17 +7,14 @@ import pytest
 from clinlm.methods.base import Run
 from clinlm.methods.sft import SFTMethod, tokenize_for_sft
 from clinlm.predict import predict_table
-from tests.conftest import tiny_sft_cfg
+from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows
 
-TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
+TASK = YES_NO_TASK
 
 
-def _df(n=48):
-    rng = np.random.default_rng(0)
-    wait = rng.integers(0, 40, n)
-    return pd.DataFrame({"id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
-                         "statement": [f"Booked {w} days ahead." for w in wait],
-                         "label": np.where(wait > 20, "Yes", "No")})
+
+def _df(n: int = 48) -> pd.DataFrame:
+    return waits_rows(n)
 
 
 def _cfg(base, **over):
