@@ -3,11 +3,16 @@
 The yardstick every LLM is compared with: same split, same features the statements carry.
 ``hist_gbdt`` in params passes straight to HistGradientBoostingClassifier/Regressor.
 Regression also fits two quantile models (5 % and 95 %) for a 90 % interval.
+
+Saved with skops (``model.skops``), not pickle: a model folder pulled from a shared DVC remote
+must not run code when loaded. Loading trusts only the types a fitted HistGradientBoosting
+model holds (``TRUSTED``) and refuses a file that needs any other. The feature columns and
+categories go to ``features.json``. Both files are written atomically.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import time
 from typing import Any, Literal
 
@@ -15,7 +20,13 @@ import numpy as np
 import pandas as pd
 
 from clinlm.config import ModelCommon
+from clinlm.io import atomic_path, write_json
 from clinlm.methods.base import CLASSIFICATION, Method, Run
+
+MODEL_FILE, FEATURES_FILE = "model.skops", "features.json"
+# what skops cannot vouch for by itself in a fitted HistGradientBoosting model (checked on load)
+TRUSTED = ["functools.partial", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+           "sklearn.utils.validation.check_array"]
 
 
 class GBDTModelConfig(ModelCommon):
@@ -35,13 +46,23 @@ def feature_frame(df: pd.DataFrame) -> pd.DataFrame:
     return x
 
 
+def load_models(path) -> dict[str, Any]:
+    """The saved models, refusing any type outside ``TRUSTED`` (no code runs on load)."""
+    import skops.io as sio
+    unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED))
+    if unknown:
+        raise ValueError(f"{path}: refusing to load types a HistGradientBoosting model does not "
+                         f"hold: {unknown}")
+    return sio.load(path, trusted=TRUSTED)
+
+
 class GBDTMethod(Method):
     """Gradient boosting on tabular features (classifier or regressor)."""
 
     name = "gbdt"
 
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
-        """Fit and pickle the model(s) to ``model_dir/model.pkl``."""
+        """Fit and save the model(s) to ``model_dir/model.skops`` (+ ``features.json``)."""
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         kw = {"random_state": run.seed, "categorical_features": "from_dtype",
@@ -56,22 +77,24 @@ class GBDTMethod(Method):
             for name, q in [("lo", 0.05), ("hi", 0.95)]:
                 models[name] = HistGradientBoostingRegressor(
                     **{**kw, "loss": "quantile", "quantile": q}).fit(x, y)
-        run.model_dir.mkdir(parents=True, exist_ok=True)
-        with open(run.model_dir / "model.pkl", "wb") as f:
-            pickle.dump({"models": models, "columns": list(x.columns),
-                         "categories": {c: list(x[c].cat.categories) for c in x.columns
-                                        if isinstance(x[c].dtype, pd.CategoricalDtype)}}, f)
+        import skops.io as sio
+        with atomic_path(run.model_dir / MODEL_FILE) as tmp:
+            sio.dump(models, tmp)
+        write_json(run.model_dir / FEATURES_FILE, {
+            "columns": list(x.columns),
+            "categories": {c: [str(v) for v in x[c].cat.categories] for c in x.columns
+                           if isinstance(x[c].dtype, pd.CategoricalDtype)}})
         return {"method": self.name, "n_train": len(train_df), "n_features": x.shape[1],
                 "train_seconds": round(time.time() - t0, 2)}
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """Probability of ``Yes`` (classification) or estimate + 90 % interval (regression)."""
-        with open(run.model_dir / "model.pkl", "rb") as f:
-            saved = pickle.load(f)
+        m = load_models(run.model_dir / MODEL_FILE)
+        saved = json.loads((run.model_dir / FEATURES_FILE).read_text())
         x = feature_frame(df)[saved["columns"]]
         for c, cats in saved["categories"].items():  # unseen categories -> NaN, as in training
-            x[c] = pd.Categorical(x[c].astype(object), categories=cats)
-        m = saved["models"]
+            x[c] = pd.Categorical(x[c].astype(object).astype(str).where(x[c].notna()),
+                                  categories=cats)
         if run.task_type == CLASSIFICATION:
             return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": m["main"].predict_proba(x)[:, 1]})
         lo, hi = m["lo"].predict(x), m["hi"].predict(x)
