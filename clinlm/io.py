@@ -29,6 +29,19 @@ class DataError(ValueError):
         self.path, self.row, self.column = str(path), row, column
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _shareable(path: Path, directory: bool = False) -> None:
+    """Give a temp file / folder the mode a plain ``open`` / ``mkdir`` would have (mkstemp and
+    mkdtemp make them private, 0600 / 0700): teammates sharing a DVC cache or a results
+    folder must be able to read them; the umask still decides."""
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -42,6 +55,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            _shareable(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -59,7 +74,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        tmp.chmod(0o755)
+        _shareable(tmp, directory=True)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

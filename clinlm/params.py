@@ -194,6 +194,31 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
         if not _fits(value, fields[key]):
             raise ParamsError(f"{prefix}.{key}: value {value!r} ({type(value).__name__}) does not "
                               f"match the library's type {_type_name(fields[key])}")
+        low, high, closed = RANGES.get((kind, key), (None, None, True))
+        if isinstance(value, NUM) and not isinstance(value, bool) and not (
+                (low is None or value > low or (closed and value == low))
+                and (high is None or value < high)):
+            want = " and ".join(w for w in (
+                None if low is None else f"{'>=' if closed else '>'} {low}",
+                None if high is None else f"< {high}") if w)
+            raise ParamsError(f"{prefix}.{key}: {value!r} is out of range (needs {want})")
+
+
+# Values the libraries accept and then fail on, or silently misuse, minutes into a run:
+# (section kind, key) -> (lower bound, upper bound (exclusive), lower bound allowed)
+RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    ("training", "learning_rate"): (0, None, False),
+    ("training", "num_train_epochs"): (0, None, False),
+    ("training", "per_device_train_batch_size"): (1, None, True),
+    ("training", "gradient_accumulation_steps"): (1, None, True),
+    ("training", "weight_decay"): (0, None, True),
+    ("training", "warmup_ratio"): (0, 1, True),
+    ("training", "max_grad_norm"): (0, None, True),
+    ("lora", "r"): (1, None, True),
+    ("lora", "lora_alpha"): (0, None, False),
+    ("lora", "lora_dropout"): (0, 1, True),
+    ("sft", "max_length"): (1, None, True),
+}
 
 
 def _fits(value: Any, ann: Any) -> bool:

@@ -134,3 +134,19 @@ def test_timings_stay_out_of_cached_outputs_and_metrics(tmp_path, monkeypatch):
     row = next(line for line in md.splitlines() if line.startswith("| gbdt |"))
     assert row.split("|")[-3].strip() == f"{t_train['train_seconds']:.3f}"
     assert row.split("|")[-2].strip() == f"{t_pred['predict_seconds']:.3f}"
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    """mkstemp/mkdtemp make private files; outputs get the mode a plain open would give."""
+    import os
+
+    from clinlm.io import atomic_dir, write_json
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "folder") as d:
+            (d / "f.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755

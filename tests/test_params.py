@@ -34,6 +34,12 @@ def test_repo_params_are_valid(params):
     (("tasks", "noshow", "split", "test_size"), "20%", "tasks.noshow.split.test_size"),
     (("tasks", "noshow", "split", "by_patient"), True, "tasks.noshow.split.by_patient"),
     (("seed",), "42", "seed"),
+    (("models", "smollm2-sft", "training", "learning_rate"), -0.001, "training.learning_rate: -0.001 is out of range"),
+    (("models", "smollm2-sft", "lora", "lora_dropout"), 1.5, "lora.lora_dropout: 1.5 is out of range"),
+    (("models", "smollm2-sft", "lora", "r"), 0, "lora.r: 0 is out of range"),
+    (("models", "smollm2-head", "predict", "batch_size"), 0, "models.smollm2-head.predict.batch_size"),
+    (("tasks", "noshow", "split", "test_size"), 1.2, "tasks.noshow.split.test_size"),
+    (("tasks", "noshow", "download", "n_synthtic"), 300, "tasks.noshow.download.n_synthtic: unknown key"),
 ])
 def test_bad_values_name_the_key(params, path, value, needle):
     p = copy.deepcopy(params)

@@ -201,6 +201,9 @@ def download(cfg: NoshowDownload | Mapping[str, Any], seed: int,
         raw = read_raw(where)
 
     df, counts = validate(raw, where)
+    if df.empty:  # e.g. a header-only file: nothing to split, train or evaluate
+        raise DataError(where, f"no usable rows ({len(raw)} data row(s) read, "
+                               f"{counts.get('n_dropped_negative_age', 0)} dropped)")
     out_csv = Path(out_csv)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")

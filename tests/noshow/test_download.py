@@ -307,3 +307,14 @@ def test_download_config_errors(tmp_path: Path) -> None:
     info = download({"source": " Synthetic ", "n_synthetic": 50, "csv_path": None,
                      "kaggle_dataset": None}, seed=0, out_csv=out)
     assert info["data_source"] == "synthetic" and info["n_rows"] == 50
+
+
+def test_header_only_csv_is_a_clear_error_at_download(tmp_path: Path) -> None:
+    """A file with the header and no rows stops at download, naming the file, and writes
+    nothing (it used to pass with n_rows 0 and crash later in statements)."""
+    src = tmp_path / "empty.csv"
+    src.write_text(",".join(KAGGLE_COLUMNS) + "\n")
+    out = tmp_path / "raw" / "appointments.csv"
+    with pytest.raises(DataError, match=r"empty\.csv.*no usable rows"):
+        download({"source": "csv", "csv_path": str(src)}, 0, out)
+    assert not out.exists()
