@@ -242,15 +242,22 @@ class VascularAgeTask(Task):
 def render_images(raw_dir: Path, out_dir: Path, width_px: int, height_px: int) -> dict[str, Any]:
     """Render every recording of ``raw_dir`` as ``out_dir/<id>.png`` (ECG paper, 12 leads).
 
-    Returns ``{"n_images", "seconds", "images_per_second", "width_px", "height_px"}``.
+    A source without recordings (``csv``: features only) renders nothing: the folder stays
+    empty, the stage says so and does not fail (a vlm run on such data fails at its own stage,
+    naming the missing pictures). Returns ``{"n_images", "width_px", "height_px"}`` (+
+    ``"skipped"``); the rendering time is logged, not written into the cached output.
     """
     from clinlm.vascular.render import render_many
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     sig_path = raw_dir / SIGNALS
     if not sig_path.is_file():
-        raise DataError(sig_path, "no ECG recordings (the csv source has features only; "
-                                  "images need source synthetic or ptbxl)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        reason = (f"{sig_path.name} absent: this source has features only, no ECG recordings "
+                  "(images need source synthetic or ptbxl)")
+        log.info("render: nothing to draw, %s", reason)
+        return {"n_images": 0, "skipped": reason, "width_px": int(width_px),
+                "height_px": int(height_px)}
     meta = json.loads((raw_dir / SIGNALS_META).read_text())
     ids = pd.read_parquet(raw_dir / SUBJECTS, columns=["id"])["id"].astype(str).tolist()
     signals = np.load(sig_path, mmap_mode="r")
@@ -265,6 +272,5 @@ def render_images(raw_dir: Path, out_dir: Path, width_px: int, height_px: int) -
     render_many(signals, float(meta["fs"]), [out_dir / f"{i}.png" for i in ids], width_px,
                 height_px)
     seconds = time.perf_counter() - t0
-    return {"n_images": len(ids), "seconds": round(seconds, 2),
-            "images_per_second": round(len(ids) / seconds, 1) if seconds > 0 else None,
-            "width_px": int(width_px), "height_px": int(height_px)}
+    log.info("render: %d images in %.1f s", len(ids), seconds)
+    return {"n_images": len(ids), "width_px": int(width_px), "height_px": int(height_px)}
