@@ -79,6 +79,19 @@ def peak_memory_gib() -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def _sort_adapter_config(path: Path) -> None:
+    """peft writes ``target_modules`` from a set, in an order that changes with Python's hash
+    seed: sort it, so the same training gives the same bytes (and the same DVC hash)."""
+    if not path.exists():
+        return
+    from clinlm.io import write_json
+    cfg = json.loads(path.read_text())
+    for key in ("target_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(cfg[key])
+    write_json(path, cfg)
+
+
 def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss_fn: LossFn,
         data_collator: Any = None, sft: bool = False, callbacks: list | None = None,
         remove_unused_columns: bool | None = None, n_tokens: int | None = None,
@@ -128,6 +141,7 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
     trainer.save_model(str(out))  # rank-aware (FSDP / ZeRO-3 gather), main process writes
     if trainer.is_world_process_zero():
         (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; params say it all
+        _sort_adapter_config(out / "adapter_config.json")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         files = {"resolved_config.json": {"model": run.model, "task": run.task, "cfg": cfg,
                                           "task_cfg": run.task_cfg}, **(meta_files or {})}

@@ -171,3 +171,18 @@ def test_repo_launch_configs_parse():
         json.loads(path.read_text())
     z3 = json.loads((ROOT / "configs/deepspeed/zero3.json").read_text())
     assert z3["zero_optimization"]["stage"] == 3
+
+
+def test_adapter_config_bytes_do_not_depend_on_the_hash_seed(tiny_llama, tmp_path):
+    """peft writes target_modules from a set; the engine sorts them, so a retrain with the
+    same seed and data gives the same model folder (and DVC hash)."""
+    import json
+
+    from clinlm.methods.sft import SFTMethod
+    cfg = tiny_sft_cfg(tiny_llama, epochs=1)
+    cfg["lora"]["target_modules"] = ["v_proj", "q_proj", "o_proj", "k_proj"]
+    run = Run("noshow", "classification", "s", cfg, tmp_path / "s", tmp_path, seed=1,
+              task_cfg=TASK)
+    SFTMethod().train(run, _df(8))
+    saved = json.loads((tmp_path / "s" / "adapter_config.json").read_text())
+    assert saved["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
