@@ -92,4 +92,13 @@ def training_callbacks(training_kwargs: dict[str, Any], log_dir: str | None) -> 
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    return [DVCLiveCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]
+    class CurvesCallback(DVCLiveCallback):
+        """The Trainer's logs without its wall-clock figures (``train_runtime``,
+        ``*_per_second``): the curves are committed, and must not change with the clock."""
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            logs = {k: v for k, v in (logs or {}).items()
+                    if not k.endswith(("_runtime", "_per_second"))}
+            return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    return [CurvesCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]

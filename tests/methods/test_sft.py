@@ -148,5 +148,16 @@ def test_dvclive_without_log_dir_reports_nothing(tmp_path, monkeypatch):
     assert training_callbacks(kw, None) == [] and kw["report_to"] == ["wandb"]
     kw = {"report_to": "dvclive"}
     (cb,) = training_callbacks(kw, str(tmp_path / "curves"))
-    assert kw["report_to"] == "none" and type(cb).__name__ == "DVCLiveCallback"
+    from transformers.integrations import DVCLiveCallback
+    assert kw["report_to"] == "none" and isinstance(cb, DVCLiveCallback)
     assert not (tmp_path / "dvclive").exists()
+    # the committed curves carry no wall-clock figures (a rerun must not change them)
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    state = TrainerState()
+    state.is_world_process_zero, state.global_step = True, 1
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True)
+    cb.on_log(args, state, TrainerControl(), logs={"loss": 0.5, "train_runtime": 3.2,
+                                                   "train_samples_per_second": 9.0})
+    cb.live.next_step()
+    names = {p.stem for p in (tmp_path / "curves").rglob("*.tsv")}
+    assert "loss" in names and not names & {"runtime", "samples_per_second"}
