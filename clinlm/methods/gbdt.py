@@ -46,6 +46,40 @@ def feature_frame(df: pd.DataFrame) -> pd.DataFrame:
     return x
 
 
+def dump_models(models: dict[str, Any], path) -> None:
+    """skops-dump ``models`` to ``path`` (atomically) with the same bytes for the same models.
+
+    skops names arrays and memo entries after ``id()`` of the objects and stamps the zip with
+    the time, so two dumps of one model differ; here every such id is renumbered in order of
+    first appearance and the zip members get a fixed time and order (a retrain with the same
+    seed and data then leaves the model folder's DVC hash unchanged).
+    """
+    import re
+    import zipfile
+
+    import skops.io as sio
+    with atomic_path(path) as raw:
+        sio.dump(models, raw)
+        with zipfile.ZipFile(raw) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+        schema = members.pop("schema.json").decode()
+        ids: dict[str, str] = {}
+        for num in re.findall(r'"__id__": (\d+)|"file": "(\d+)\.npy"', schema):
+            key = num[0] or num[1]
+            ids.setdefault(key, str(len(ids)))
+        schema = re.sub(r'("__id__": )(\d+)', lambda m: m.group(1) + ids[m.group(2)], schema)
+        schema = re.sub(r'("file": ")(\d+)(\.npy")',
+                        lambda m: m.group(1) + ids[m.group(2)] + m.group(3), schema)
+        files = {"schema.json": schema.encode()}
+        for name, data in members.items():
+            stem = name.removesuffix(".npy")
+            files[f"{ids.get(stem, stem)}.npy" if name.endswith(".npy") else name] = data
+        with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name in sorted(files):
+                z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), files[name],
+                           compress_type=zipfile.ZIP_DEFLATED)
+
+
 def load_models(path) -> dict[str, Any]:
     """The saved models, refusing any type outside ``TRUSTED`` (no code runs on load)."""
     import skops.io as sio
@@ -77,9 +111,7 @@ class GBDTMethod(Method):
             for name, q in [("lo", 0.05), ("hi", 0.95)]:
                 models[name] = HistGradientBoostingRegressor(
                     **{**kw, "loss": "quantile", "quantile": q}).fit(x, y)
-        import skops.io as sio
-        with atomic_path(run.model_dir / MODEL_FILE) as tmp:
-            sio.dump(models, tmp)
+        dump_models(models, run.model_dir / MODEL_FILE)
         write_json(run.model_dir / FEATURES_FILE, {
             "columns": list(x.columns),
             "categories": {c: [str(v) for v in x[c].cat.categories] for c in x.columns
