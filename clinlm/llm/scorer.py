@@ -54,6 +54,14 @@ def select_cache(cache: Any, rows: Any) -> Any:
     raise TypeError(f"unsupported KV cache type {type(cache).__name__}")
 
 
+def first_token_ids(tok: Any, choices: list[str]) -> list[int]:
+    """The first token of each answer string (must differ between choices)."""
+    ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"answers {choices} share a first token; cannot score them apart")
+    return ids
+
+
 def autocast_dtype(cfg: dict[str, Any]) -> str | None:
     """``predict.autocast_dtype`` if set, else the training precision (bf16/fp16), else None."""
     chosen = (cfg.get("predict") or {}).get("autocast_dtype")
@@ -174,11 +182,8 @@ class Scorer:
         return project.token_logits(self.lm_head, hidden, token_ids)
 
     def first_token_ids(self, choices: list[str]) -> list[int]:
-        """The first token of each answer string (must differ between choices)."""
-        ids = [self.tok(c, add_special_tokens=False)["input_ids"][0] for c in choices]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"answers {choices} share a first token; cannot score them apart")
-        return ids
+        """The first token of each answer string (see :func:`first_token_ids`)."""
+        return first_token_ids(self.tok, choices)
 
     def choice_probs(self, prompts: Sequence[Any], choices: list[str]) -> np.ndarray:
         """P(choice) renormalised over ``choices``, from each choice's first token; (n, k)."""

@@ -95,9 +95,10 @@ class SFTMethod(Method):
         if run.task_type == CLASSIFICATION and run.cfg["predict"]["engine"] == "vllm":
             from clinlm.llm import vllm_engine
             from clinlm.llm.load import load_tokenizer
+            from clinlm.llm.scorer import first_token_ids
 
             tok = load_tokenizer(run.model_dir)
-            ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in ("Yes", "No")]
+            ids = first_token_ids(tok, ["Yes", "No"])
             prompts = prompt_texts(tok, df["statement"].tolist(), run.task_cfg)
             p = vllm_engine.choice_probs(run.model_dir, run.cfg, run.work_dir or run.model_dir,
                                          prompts, ids)[:, 0]
