@@ -33,5 +33,11 @@ lint: $(STAMP)
 bench: $(STAMP)  ## throughput benchmark -> BENCHMARKS.md, bench/results.json
 	. $(BIN)/activate && python bench/bench.py
 
+.PHONY: serve
+SERVE_RUNS ?= noshow-smollm2-sft vascular-smollm2-sft
+PORT ?= 8000
+serve: $(STAMP)  ## API + page on http://127.0.0.1:$(PORT)/ for trained runs (after `make repro`)
+	. $(BIN)/activate && python -m clinlm serve $(foreach r,$(SERVE_RUNS),--run $(r)) --port $(PORT)
+
 clean:
 	rm -rf $(VENV)

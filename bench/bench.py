@@ -16,6 +16,9 @@ writes ``bench/results.json`` and ``BENCHMARKS.md`` and prints the table. Parts:
   agreement between the two.
 * ``statements`` -- seconds to build statements for the full Kaggle file
   (``../shared/data/noshow``; skipped when absent).
+* ``precision`` -- float32 vs ``auto`` (bf16 where this CPU has AVX512-BF16/AMX) matmul
+  ceilings, training tokens/s and prediction rows/s (``bench/precision.py`` writes
+  ``bench/precision.json``; ``--only precision`` runs just that part and re-renders).
 
 Every timed figure is the median of several repetitions (steps, batches or runs) with its
 min-max spread. Sizes are set by the constants below (``--quick`` shrinks them for a test).
@@ -35,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# run as a script, bench/ is sys.path[0] and its bench.py would shadow the `bench` folder
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 BASE = ROOT / "data/models/base/smollm2-135m-instruct"
 KAGGLE = ROOT.parent / "shared/data/noshow/KaggleV2-May-2016.csv.zip"
@@ -109,21 +113,25 @@ class StepTimer:
 
 
 def part_ceiling(quick: bool) -> dict[str, Any]:
+    """fp32 and bf16 matmul rates (interleaved, 2048²), the CPU and what ``auto`` picks."""
     import torch
-    out = {}
-    for dtype, n, reps in (("float32", 1024, 10), ("bfloat16", 512 if not quick else 256, 2)):
-        a = torch.randn(n, n, dtype=getattr(torch, dtype))
-        b = torch.randn(n, n, dtype=getattr(torch, dtype))
-        a @ b  # warm-up
-        rates = []
-        for _ in range(REPS):
-            t = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
-        out[f"{dtype}_gflops"] = spread(rates)
+
+    from bench.precision import machine, matmul_ceiling
+    out = matmul_ceiling(512 if quick else 2048, REPS)
     out["torch_threads"] = torch.get_num_threads()
+    out["machine"] = machine()
     return out
+
+
+def part_precision(quick: bool) -> dict[str, Any]:
+    """float32 vs ``auto`` training and prediction (bench/precision.py -> precision.json)."""
+    from bench import precision
+    from clinlm.io import write_json
+    res = precision.measure(1 if quick else 3, quick)
+    if not quick:
+        write_json(precision.OUT, res)
+    return {"written": str(precision.OUT.relative_to(ROOT)) if not quick else None,
+            "auto": res["machine"]["auto"]}
 
 
 def _train_project(df, cfg, steps: int, out_dir: Path) -> dict[str, Any]:
@@ -283,7 +291,7 @@ def part_statements(quick: bool) -> dict[str, Any]:
 PARTS = {"ceiling": part_ceiling, "train_project": lambda q: part_train(q, "project"),
          "train_project_dropout": lambda q: part_train(q, "project_dropout"),
          "train_seed": lambda q: part_train(q, "seed"), "predict": part_predict,
-         "statements": part_statements}
+         "statements": part_statements, "precision": part_precision}
 
 
 # ---- orchestration ------------------------------------------------------------------------
@@ -337,15 +345,24 @@ def sp(d: dict[str, float], fmt: str = ".1f") -> str:
 def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
     c, tp, td, ts, pr, st = (parts[k] for k in ("ceiling", "train_project", "train_project_dropout",
                                                "train_seed", "predict", "statements"))
+    mach = c.get("machine")
+    where = ("not recorded (this results.json predates it: rerun `make bench`)" if mach is None else
+             f"{mach['cpu']}, flags: "
+             f"{', '.join(f for f, on in mach['flags'].items() if on) or 'no avx2'}; "
+             f"`auto` picks {mach['auto']['resolved']} ({mach['auto']['reason']})")
+    sizes = c.get("sizes", {"float32": 1024, "bfloat16": 512})
     lines = [
         "# Benchmarks", "",
-        "Produced by `make bench` (`bench/bench.py`); raw figures in `bench/results.json`.",
-        "Model: SmolLM2-135M-Instruct (embedded), 4-bit NF4 base (fp32 compute), LoRA r 16 /",
-        f"alpha 32 on all projections, batch {BATCH}, synthetic no-show statements.",
+        "Produced by `make bench` (`bench/bench.py`); raw figures in `bench/results.json` and",
+        "`bench/precision.json` (`python bench/bench.py --only precision` reruns that part alone).",
+        "Model: SmolLM2-135M-Instruct (embedded), 4-bit NF4 base (compute dtype as params.yaml's",
+        f"`smollm2-sft`), LoRA r 16 / alpha 32 on all projections, batch {BATCH}, synthetic "
+        "no-show statements.",
         "Figures: median (min–max, n repetitions).", "",
-        "## Ceiling (this machine)", "",
-        "| dtype | matmul GFLOP/s |", "|---|---|",
-        f"| float32 | {sp(c['float32_gflops'])} |", f"| bfloat16 | {sp(c['bfloat16_gflops'])} |", "",
+        "## Ceiling (this machine)", "", f"Machine: {where}.", "",
+        "| dtype | size | matmul GFLOP/s |", "|---|---|---|",
+        f"| float32 | {sizes['float32']}² | {sp(c['float32_gflops'])} |",
+        f"| bfloat16 | {sizes['bfloat16']}² | {sp(c['bfloat16_gflops'])} |", "",
         "## Training", "",
         "| recipe | tokens/s | answer tokens/s | s/step | peak RSS GiB |", "|---|---|---|---|---|",
     ]
@@ -404,14 +421,32 @@ def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
         "prefix cache already skips the ~30 system-prompt tokens. On a GPU, where one row "
         "leaves the device idle, batching is where the 10x comes from.",
         "",
-        "bf16: this CPU has no AVX512-BF16/AMX, so bf16 matmuls are emulated (see the ceiling "
-        "table). The project trains in fp32 here, where the bf16-ceiling target is trivially "
-        "exceeded; the meaningful figure is the share of the fp32 rate.",
+        bf16_note(c),
         "",
     ]
+    lines += precision_section()
+    lines.append("")
     lines += gpu_section(ROOT / "bench/gpu_results.json")
     lines += scale_out_section()
     return "\n".join(lines) + "\n"
+
+
+def bf16_note(c: dict[str, Any]) -> str:
+    """What the bf16 ceiling means for the MFU targets on the machine that measured it."""
+    fp32, bf16 = c["float32_gflops"]["median"], c["bfloat16_gflops"]["median"]
+    if bf16 < fp32:
+        return ("bf16: the CPU that measured these results multiplies bf16 slower than fp32 (emulated: "
+                "no AVX512-BF16/AMX; "
+                "see the ceiling table), so `auto` trains in fp32 here and the meaningful "
+                "figure is the share of the fp32 rate.")
+    return (f"bf16: this CPU multiplies bf16 {bf16 / fp32:.1f}x faster than fp32, so `auto` "
+            "computes in bf16 where params.yaml says `auto` (see the precision section).")
+
+
+def precision_section() -> list[str]:
+    """The float32-vs-auto section, from ``bench/precision.json`` (``bench/precision.py``)."""
+    from bench.precision import markdown as precision_markdown
+    return precision_markdown()
 
 
 def scale_out_section() -> list[str]:
@@ -517,11 +552,18 @@ def main() -> None:
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--render", action="store_true",
                     help="rewrite BENCHMARKS.md from an existing results.json (no measuring)")
+    ap.add_argument("--only", choices=["precision"],
+                    help="measure only this part (precision: bench/precision.json), then render")
     args = ap.parse_args()
+    if args.only == "precision":
+        run_part("precision", args.quick)
+        args.render = True
     if args.render:
         res = json.loads((Path(args.out) / "results.json").read_text())
         parts = res.pop("parts")
-        Path(args.markdown).write_text(markdown(res, parts))
+        from clinlm.io import atomic_path
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(markdown(res, parts))
         return
     if args.part:
         res = PARTS[args.part](args.quick)

@@ -34,8 +34,10 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# run as a script, bench/ is sys.path[0] and its bench.py would shadow the `bench` folder
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+from bench.budget_curve import eval_subset, variant_run  # noqa: E402
 from clinlm.io import write_json  # noqa: E402
 from clinlm.methods import get_method  # noqa: E402
 from clinlm.methods.base import subsample  # noqa: E402
@@ -74,7 +76,7 @@ def main() -> None:
     threshold = params["predict"]["threshold"]
     train = pd.read_parquet(run.data_dir / "train.parquet")
     test = pd.read_parquet(run.data_dir / "test.parquet")
-    evald = subsample(test, args.eval_rows, run.seed, run.task_type)
+    evald = eval_subset(test, args.eval_rows, run)
     records: list[dict] = []
 
     def add(method: str, n: int, res: dict) -> None:
@@ -91,9 +93,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="lc-", dir=ROOT / "data"))
     try:
         for n in sorted(sizes):
-            brun = copy.copy(run)
-            brun.model, brun.cfg, brun.log_dir = args.baseline, base_cfg, None
-            brun.model_dir = scratch / f"{args.baseline}-{n}"
+            brun = variant_run(run, scratch / f"{args.baseline}-{n}", model=args.baseline,
+                               cfg=base_cfg)
             add(args.baseline, n, score(brun, subsample(train, n, run.seed, run.task_type),
                                         evald, threshold))
         # the pipeline's own LLM run, if it has predictions
@@ -113,9 +114,7 @@ def main() -> None:
             add(run.model, int(info["n_train"]), res)
         done = {r["n_train"] for r in records if r["method"] == run.model}
         for n in sorted(set(args.rows) - done):
-            lrun = copy.copy(run)
-            lrun.cfg = {**copy.deepcopy(run.cfg), "max_train_rows": n}
-            lrun.model_dir, lrun.log_dir = scratch / f"{run.model}-{n}", None
+            lrun = variant_run(run, scratch / f"{run.model}-{n}", max_train_rows=n)
             t0 = time.time()
             res = score(lrun, train, evald, threshold)
             res["seconds"] = round(time.time() - t0, 1)

@@ -79,6 +79,7 @@ METHOD_CONFIGS: dict[str, str] = {
     "vlm": "clinlm.methods.vlm:VLMModelConfig",
     "gbdt": "clinlm.methods.gbdt:GBDTModelConfig",
     "cohere": "clinlm.cohere_client:CohereModelConfig",
+    "stack": "clinlm.methods.stack:StackModelConfig",
 }
 METHODS = tuple(METHOD_CONFIGS)
 LLM_METHODS = ("sft", "head", "vlm")
@@ -118,6 +119,8 @@ class RunSpec(Strict):
     task: str
     model: str
     base: str | None = None  # LLM runs: the base_models / vlm_bases entry the model loads
+    llm: str | None = None       # stack runs: the model of the task's LLM run it combines
+    baseline: str | None = None  # stack runs: the model of the task's gbdt run it combines
 
 
 class PredictStageConfig(Strict):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -128,3 +133,68 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (streamed)."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_table(path: str | os.PathLike, separator: str | None = None, encoding: str = "utf-8",
+               key_prefix: str = "tasks.<task>.download", data: bytes | None = None,
+               ) -> pd.DataFrame:
+    """Every cell of a delimited text table as a stripped string (header row first).
+
+    ``separator`` null: sniffed among ``, ; tab |`` (logged). ``data``: the bytes, when they
+    do not come from ``path`` (a zip member). Errors: not decodable (says which key to set,
+    and whether the bytes read as Latin-1 / Windows-1252), not parseable, no data rows.
+    """
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise DataError(path, "file not found")
+        data = path.read_bytes()
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        text = data.decode(enc)
+    except LookupError as e:
+        raise DataError(path, f"unknown encoding {encoding!r} ({key_prefix}.csv_encoding)") from e
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        hint = ""
+        try:
+            data.decode("cp1252")
+            hint = (" It reads as Windows-1252 / Latin-1 (files saved by Excel on Windows): "
+                    f"set {key_prefix}.csv_encoding: cp1252 (or latin-1).")
+        except UnicodeDecodeError:
+            pass
+        raise DataError(path, f"not valid {encoding} text: byte {data[e.start:e.start + 1]!r} "
+                              f"at line {line}.{hint or f' Set {key_prefix}.csv_encoding.'}",
+                        row=max(line - 1, 0) or None) from e
+    if separator is None:
+        separator = sniff_separator(text)
+        log.info("%s: separator %r (sniffed; set %s.csv_separator to force one)", path,
+                 separator, key_prefix)
+    try:
+        raw = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False,
+                          na_filter=False, skipinitialspace=True, engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(path, f"not a readable table with separator {separator!r}: {e} "
+                              f"(set {key_prefix}.csv_separator)") from e
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if raw.empty:
+        raise DataError(path, f"no data rows (header only: {list(raw.columns)[:10]})")
+    return raw.apply(lambda s: s.str.strip())
+
+
+def sniff_separator(text: str) -> str:
+    """The separator of a delimited table: csv.Sniffer on the first lines, else the most
+    frequent of ``, ; tab |`` in the header."""
+    sample = "\n".join(text.splitlines()[:50])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        header = text.splitlines()[0] if text else ""
+        return max(",;\t|", key=header.count)

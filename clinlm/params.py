@@ -191,9 +191,14 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
             close = [f for f in fields if key.lower() in f.lower() or f.lower() in key.lower()]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise ParamsError(f"{prefix}.{key}: not a field of the library's {kind} config{hint}")
-        if not _fits(value, fields[key]):
+        if value == "auto" and (kind, key) in AUTO_PRECISION:
+            continue  # resolved to this machine's precision at run time (clinlm.llm.precision)
+        if not _fits(value, fields[key]) or (value == "auto" and kind == "bnb"):
+            hint = (f"; `auto` precision is accepted only for "
+                    f"{', '.join(f'{k}.{f}' for k, f in AUTO_PRECISION)} (and the model's "
+                    f"dtype / predict.autocast_dtype)") if value == "auto" else ""
             raise ParamsError(f"{prefix}.{key}: value {value!r} ({type(value).__name__}) does not "
-                              f"match the library's type {_type_name(fields[key])}")
+                              f"match the library's type {_type_name(fields[key])}{hint}")
         low, high, closed = RANGES.get((kind, key), (None, None, True))
         if isinstance(value, NUM) and not isinstance(value, bool) and not (
                 (low is None or value > low or (closed and value == low))
@@ -203,6 +208,12 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
                 None if high is None else f"< {high}") if w)
             raise ParamsError(f"{prefix}.{key}: {value!r} is out of range (needs {want})")
 
+
+# library keys that may say `auto` (bf16 where this machine computes it fast, else fp32): the
+# project resolves them before the library sees them (clinlm.llm.precision.AUTO_KEYS; a
+# model's own `dtype` and `predict.autocast_dtype` are checked by clinlm.llm.config)
+AUTO_PRECISION: tuple[tuple[str, str], ...] = (("bnb", "bnb_4bit_compute_dtype"),
+                                               ("training", "bf16"))
 
 # Values the libraries accept and then fail on, or silently misuse, minutes into a run:
 # (section kind, key) -> (lower bound, upper bound (exclusive), lower bound allowed)

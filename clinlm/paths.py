@@ -20,6 +20,11 @@ def raw_dir(task: str) -> Path:
     return ROOT / "data" / "raw" / task
 
 
+def inputs_path(task: str) -> Path:
+    """Hashes of the user's files the task's download reads (stage ``inputs``)."""
+    return ROOT / "data" / "raw" / f"{task}.inputs.json"
+
+
 def interim_dir(task: str) -> Path:
     return ROOT / "data" / "interim" / task
 

@@ -29,6 +29,12 @@ def predict_table(run: Run, df: pd.DataFrame, threshold: float = 0.5) -> pd.Data
     from clinlm.launch import shard_and_gather
     method = get_method(run.cfg["method"])
     out = shard_and_gather(df, lambda part: method.predict(run, part))
+    return shape_predictions(run, df, out, threshold)
+
+
+def shape_predictions(run: Run, df: pd.DataFrame, out: pd.DataFrame,
+                      threshold: float = 0.5) -> pd.DataFrame:
+    """A method's predict rows for ``df`` -> the one predictions schema (module docstring)."""
     if list(out["id"].astype(str)) != list(df["id"].astype(str)):
         raise RuntimeError(f"{run.model}: predict returned rows out of order or missing")
     res = pd.DataFrame({"id": df["id"].astype(str).to_numpy(), "y_true": df["label"].to_numpy()})
@@ -45,7 +51,7 @@ def predict_table(run: Run, df: pd.DataFrame, threshold: float = 0.5) -> pd.Data
     return res
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """CLI: predict a new CSV with a trained run (see module docstring)."""
     from clinlm.params import load_params
     from clinlm.paths import setup_logging
@@ -58,14 +64,15 @@ def main() -> None:
     ap.add_argument("--input", required=True, type=Path)
     ap.add_argument("--output", required=True, type=Path)
     ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     params = load_params(args.params)
     run = make_run(args.run, params)
     table = table_from_csv(run.task, run.task_cfg, args.input)
     res = predict_table(run, table, params.get("predict", {}).get("threshold", 0.5))
     write_csv(args.output, res)
     log.info("wrote %d predictions to %s", len(res), args.output)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -10,14 +10,20 @@ def build_messages(statement: str, task_cfg: dict[str, Any],
     """Return ``[system, user(, assistant)]`` chat messages for one statement.
 
     ``task_cfg["prompt"]`` holds ``system`` (the instruction) and ``question`` (appended to
-    the statement). ``answer`` (``"Yes"``/``"No"`` or an age such as ``"67"``) is added as
+    the statement); ``{target}`` in either becomes ``prompt["target"]`` (what the answer is). ``answer`` (``"Yes"``/``"No"`` or an age such as ``"67"``) is added as
     the assistant turn when given (training data).
+
+    ``system: None`` (or absent) means no system turn at all: ``[user(, assistant)]``. Some chat
+    templates then insert their own default (SmolLM2's: "You are a helpful AI assistant named
+    SmolLM, ..."); ``""`` keeps an empty system turn, the shortest prompt with those.
     """
     prompt = task_cfg["prompt"]
-    msgs = [
-        {"role": "system", "content": prompt["system"]},
-        {"role": "user", "content": f"{statement}\n{prompt['question']}"},
-    ]
+    target = prompt.get("target") or ""
+    system = prompt.get("system")
+    msgs = [] if system is None else [{"role": "system",
+                                       "content": system.replace("{target}", target)}]
+    msgs.append({"role": "user",
+                 "content": f"{statement}\n{prompt['question'].replace('{target}', target)}"})
     if answer is not None:
         msgs.append({"role": "assistant", "content": answer})
     return msgs

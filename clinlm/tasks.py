@@ -5,7 +5,9 @@ A task owns its data steps behind the generic stages:
 * ``download(cfg, seed, out_dir) -> info``: write its raw files into ``out_dir``;
 * ``build_table(cfg, raw_dir) -> DataFrame``: ``id, group, statement, label, f_*``;
 * ``table_from_csv(cfg, path) -> DataFrame``: a user's new CSV -> the same table
-  (``clinlm predict``).
+  (``clinlm predict``);
+* ``input_fields(cfg)`` / ``table_from_records(cfg, records)``: one row given as fields
+  (``clinlm ask``, ``clinlm serve``).
 
 ``cfg`` is always the whole ``tasks.<name>`` section. The keys of its ``download`` and
 ``statements`` sections, with their defaults, have one home: the task's pydantic models
@@ -62,8 +64,19 @@ class FormatConfig(Strict):
 
 
 class PromptConfig(Strict):
+    """The instruction and the question; ``{target}`` in either is replaced by ``target``
+    (what the answer is, e.g. "vascular age" or "age": the name of the column you map)."""
+
     system: str = ""
     question: str = ""
+    target: str | None = None
+
+    @model_validator(mode="after")
+    def _target_given(self) -> PromptConfig:
+        if self.target is None and "{target}" in self.system + self.question:
+            raise ValueError("prompt uses {target}: set prompt.target (what the answer is, "
+                             "e.g. vascular age)")
+        return self
 
 
 class AnswerConfig(Strict):
@@ -114,6 +127,11 @@ class Task:
         """Fetch or generate the raw data into ``out_dir``; return facts for download.json."""
         raise NotImplementedError
 
+    def input_files(self, cfg: Mapping[str, Any]) -> list[Path]:
+        """The user's files :meth:`download` reads (hashed by the ``inputs`` stage, so editing
+        one reruns download); none for generated or hub sources."""
+        return []
+
     def build_table(self, cfg: Mapping[str, Any], raw_dir: Path) -> pd.DataFrame:
         """The statements table (``id, group, statement, label, f_*``) from the raw files."""
         raise NotImplementedError
@@ -136,6 +154,40 @@ class Task:
     def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
         """A CSV in the task's raw schema -> statements table (label empty if unknown)."""
         raise NotImplementedError
+
+    def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The fields one row is described by (``clinlm ask``, the served page's form).
+
+        Each: ``{"name", "kind": number|text|choice|date|bool, "unit", "choices",
+        "required", "example", "help"}``.
+        """
+        raise NotImplementedError
+
+    def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                           source: str = "request") -> pd.DataFrame:
+        """Rows given as ``{field: value}`` dicts -> statements table (``label`` empty).
+
+        Validated like the task's csv source; unknown fields are errors. Raises
+        :class:`~clinlm.io.DataError` naming ``source``, the 1-based record and the field.
+        """
+        raise NotImplementedError
+
+
+def check_records(records: Any, fields: list[str], source: str) -> None:
+    """The checks every ``table_from_records`` shares: a non-empty list of objects whose keys
+    are all known fields (a :class:`~clinlm.io.DataError` names the record and the field)."""
+    from clinlm.io import DataError
+
+    if not records:
+        raise DataError(source, "no record given")
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, Mapping):
+            raise DataError(source, f"a record must be an object of fields, got "
+                                    f"{type(rec).__name__}", row=i)
+        extra = [k for k in rec if k not in fields]
+        if extra:
+            raise DataError(source, f"unknown field; the fields are {fields}", row=i,
+                            column=str(extra[0]))
 
 
 def get_task(name: str) -> Task:

@@ -39,7 +39,8 @@ if __name__ == "__main__":
               "n_train": trained.get("n_train"),  # no timings: metrics must not change with the clock
               "data_source": split["data_source"],
               "group_by_patient": split.get("group_by_patient")})
-    for key in ("pretrained_parts", "random_init_parts"):  # vlm: which weights were pretrained
+    # vlm: which weights were pretrained; LLMs: the precision used, a regression loss that rose
+    for key in ("pretrained_parts", "random_init_parts", "precision", "loss_rose"):
         if key in trained:
             m[key] = trained[key]
     write_json(metrics_path(task, model), m)

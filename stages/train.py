@@ -9,17 +9,37 @@ model folder is a cached output and evaluate's input, and must not change with t
 """
 
 import argparse
+import logging
 import sys
 import time
+from contextlib import nullcontext
 
 import pandas as pd
 
-from clinlm.io import write_json
+from clinlm.io import atomic_dir, write_json
 from clinlm.launch import is_main_process, relaunch_if_needed
 from clinlm.methods import get_method
 from clinlm.metrics import split_timing, timing_path
 from clinlm.paths import setup_logging
 from clinlm.runs import make_run
+
+log = logging.getLogger("stages.train")
+
+
+def answer_range_check(run, train_df: pd.DataFrame) -> dict:
+    """Regression: count training targets the LLM's answer range cannot say (numeric decoding
+    enumerates the integers in ``tasks.<task>.answer`` [min, max]; such rows are clipped)."""
+    if run.task_type != "regression" or run.cfg["method"] not in ("sft", "vlm", "cohere"):
+        return {}
+    lo, hi = run.task_cfg["answer"]["min"], run.task_cfg["answer"]["max"]
+    y = train_df["label"].astype(float)
+    n_out = int(((y < lo) | (y > hi)).sum())
+    if n_out:
+        log.warning("%s: %d of %d training targets lie outside the answer range [%s, %s] "
+                    "(tasks.%s.answer): the model can only answer inside it; widen the range "
+                    "if those values are real", run.model, n_out, len(y), lo, hi, run.task)
+    return {"n_train_targets_outside_answer_range": n_out}
+
 
 if __name__ == "__main__":
     setup_logging()
@@ -32,10 +52,18 @@ if __name__ == "__main__":
     method.check_ready(run)  # e.g. cohere: fail before any work without CO_API_KEY
     relaunch_if_needed("stages.train", sys.argv[1:], run.cfg.get("launch"))
     t0 = time.perf_counter()
-    info, timing = split_timing(method.train(run, pd.read_parquet(run.data_dir / "train.parquet")))
-    timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
-    if is_main_process():
-        write_json(run.model_dir / "train_info.json", info)
-        write_json(run.log_dir / "train_info.json", info)  # committed copy (cache: false)
+    # the committed curves (cache: false, persist) are written into a temporary folder that
+    # replaces the old one only when training succeeds: a failed run leaves them as they were
+    main = is_main_process()
+    with atomic_dir(run.log_dir) if main else nullcontext(run.log_dir) as log_dir:
+        run.log_dir = log_dir
+        train_df = pd.read_parquet(run.data_dir / "train.parquet")
+        info, timing = split_timing(method.train(run, train_df))
+        info.update(answer_range_check(run, train_df))
+        timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
+        if main:
+            write_json(run.model_dir / "train_info.json", info)
+            write_json(log_dir / "train_info.json", info)  # committed copy (cache: false)
+    if main:
         write_json(timing_path(run.task, "train", run.model), timing)
         print({**info, **timing})

@@ -64,6 +64,22 @@ def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra)
     return cfg
 
 
+def copy_checkout(dst: Path, skip: tuple[str, ...] = ("dvc.lock",)) -> Path:
+    """Copy the working tree's files (tracked + untracked, not ignored) to ``dst``, without
+    ``skip`` (paths or folder prefixes): a scratch project for end-to-end `dvc repro` tests."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not any(f == s or f.startswith(s.rstrip("/") + "/")
+                                            for s in skip):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    return dst
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

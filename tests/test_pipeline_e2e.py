@@ -7,7 +7,6 @@ files, that `dvc status` is clean, and that a LoRA change reruns train and later
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import copy_checkout
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +31,7 @@ def sh(cmd: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    for p in ("dvc.lock",):
-        (dst / p).unlink(missing_ok=True)
-    shutil.rmtree(dst / "metrics", ignore_errors=True)
+    copy_checkout(dst, skip=("dvc.lock", "metrics"))
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=240)
     params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=40)

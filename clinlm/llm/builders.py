@@ -34,10 +34,14 @@ def set_threads(n: int | None) -> None:
 
 
 def resolve_dtype(name: str | None):  # -> torch.dtype | None
-    """``"bfloat16"`` -> ``torch.bfloat16``; ``None``/``"auto"`` -> None."""
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` -> this machine's precision
+    (:func:`clinlm.llm.precision.resolve_precision`); ``None`` -> None (the caller's default)."""
     import torch
-    if name in (None, "auto"):
+    if name is None:
         return None
+    if name == "auto":
+        from clinlm.llm.precision import resolve_precision
+        name = resolve_precision()
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown torch dtype {name!r}")
@@ -54,6 +58,10 @@ def build_bnb_config(section: dict[str, Any] | None):
     if not is_quantized(section):
         return None
     from transformers import BitsAndBytesConfig
+
+    from clinlm.llm.precision import resolve_value
+    section = {k: resolve_value("bnb", k, v) if k == "bnb_4bit_compute_dtype" else v
+               for k, v in section.items()}
     return BitsAndBytesConfig(**section)
 
 
@@ -64,8 +72,14 @@ def build_lora_config(section: dict[str, Any]):
 
 
 def build_training_kwargs(training: dict[str, Any], output_dir: str, seed: int) -> dict[str, Any]:
-    """``TrainingArguments`` kwargs: the params section, then the values the project owns."""
+    """``TrainingArguments`` kwargs: the params section, then the values the project owns.
+
+    ``bf16: auto`` becomes True where bf16 is fast on this process's device
+    (:mod:`clinlm.llm.precision`), else False."""
+    from clinlm.llm.precision import resolve_value
     kw = dict(training)
+    if "bf16" in kw:
+        kw["bf16"] = resolve_value("training", "bf16", kw["bf16"])
     kw["output_dir"] = output_dir
     kw["seed"] = seed
     kw.setdefault("data_seed", seed)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import NonNegativeInt, PositiveInt
+from pydantic import NonNegativeInt, PositiveInt, field_validator
 
 from clinlm.config import ModelCommon, Strict
+
+# the dtype names a model's `dtype` / `predict.autocast_dtype` take (torch attribute names);
+# `auto`: this machine's precision (clinlm.llm.precision: bf16 where it is fast, else fp32)
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+def _dtype_name(value: str | None) -> str | None:
+    if value is not None and value not in DTYPES:
+        raise ValueError(f"{value!r} is not a dtype; use one of {', '.join(DTYPES)} or null")
+    return value
 
 
 class PredictConfig(Strict):
@@ -14,12 +24,15 @@ class PredictConfig(Strict):
 
     batch_size: PositiveInt = 32
     max_length: PositiveInt = 256      # prompt tokens kept (head: left truncation)
-    # autocast while scoring; null = the training precision (training.bf16 / fp16), else none
+    # autocast while scoring; null = the training precision (training.bf16 / fp16), else none;
+    # auto = bf16 where this machine computes it fast (clinlm.llm.precision), else none
     autocast_dtype: str | None = None
     merge_adapter: bool = True         # fold LoRA into dequantized linear layers (same outputs)
     prefix_cache: bool = True          # run the prompt prefix all rows share once (sft)
     engine: Literal["hf", "vllm"] = "hf"  # vllm: sft classification on GPUs (clinlm.llm.vllm_engine)
     vllm: dict[str, Any] = {}          # vllm.LLM arguments, e.g. tensor_parallel_size, max_model_len
+
+    _check_dtype = field_validator("autocast_dtype")(_dtype_name)
 
 
 class LaunchConfig(Strict):
@@ -38,7 +51,9 @@ class LLMConfig(ModelCommon):
     """Keys every LLM method (sft, head, vlm) shares; the engine (``clinlm.llm``) reads them."""
 
     base: str
-    dtype: str | None = None           # load dtype of the base (and of merged weights); null = auto
+    # load dtype of the base (and of merged weights); null = the checkpoint's; auto = bf16
+    # where this machine computes it fast, else float32 (clinlm.llm.precision)
+    dtype: str | None = None
     max_train_rows: PositiveInt | None = None
     torch_threads: PositiveInt | None = None
     bnb: dict[str, Any] | None = None  # transformers.BitsAndBytesConfig fields
@@ -46,3 +61,5 @@ class LLMConfig(ModelCommon):
     training: dict[str, Any] = {}      # transformers.TrainingArguments fields
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    _check_dtype = field_validator("dtype")(_dtype_name)

@@ -15,6 +15,7 @@ x batch b and 1 process x batch b x 2 accumulation steps compute the same update
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import shutil
 import sys
@@ -25,6 +26,8 @@ from typing import Any
 
 from clinlm.launch import gather_object
 from clinlm.llm.builders import build_training_kwargs, is_quantized, resolve_dtype, training_callbacks
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, dict[str, Any]], tuple[Any, int]]
 
@@ -62,10 +65,28 @@ def _trainer_class(sft: bool):
 
 def adapter_dtype(cfg: dict[str, Any]):  # -> torch.dtype | None
     """The dtype LoRA weights train in: a quantized base's compute dtype (bfloat16 on GPUs as
-    in QLoRA; float32 on CPUs without fast bf16 matmuls), ``None`` (peft's fp32) otherwise."""
+    in QLoRA; ``auto``: bf16 where it is fast, float32 on CPUs without fast bf16 matmuls),
+    ``None`` (peft's fp32) otherwise."""
     if not is_quantized(cfg.get("bnb")):
         return None
     return resolve_dtype(cfg["bnb"].get("bnb_4bit_compute_dtype") or "float32")
+
+
+def loss_trend(log_history: list[dict[str, Any]], points: int = 3) -> dict[str, Any]:
+    """Whether the training loss ended above where it started.
+
+    Compares the mean of the first and of the last ``points`` logged losses (fewer when the
+    run logged fewer than ``2 * points``: the two windows never overlap). ``loss_rose`` is
+    None with under two logged losses. A regression run whose loss rises is a bug or a bad
+    learning rate / precision, not a result.
+    """
+    losses = [float(h["loss"]) for h in log_history if "loss" in h]
+    k = min(points, len(losses) // 2)
+    if k == 0:
+        return {"loss_rose": None, "first_loss_mean": None, "last_loss_mean": None}
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    return {"loss_rose": bool(last > first), "first_loss_mean": round(first, 6),
+            "last_loss_mean": round(last, 6)}
 
 
 def peak_memory_gib() -> dict[str, float]:
@@ -109,13 +130,17 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
 
     Returns:
         ``(trainer, info)``: the trainer (``trainer.model`` is the trained model) and
-        ``train_info`` facts: losses, steps, world size, parameters, seconds, throughput,
-        peak memory of every process. Only the main process writes files; under a
+        ``train_info`` facts: losses (``loss_rose``: the last logged losses' mean is above
+        the first ones', see :func:`loss_trend`), the precision (``auto`` resolved, see
+        :func:`clinlm.llm.precision.report`), steps, world size, parameters, seconds,
+        throughput, peak memory of every process. Only the main process writes files; under a
         distributed launch every process calls ``fit`` (the Trainer shards the rows).
     """
     from transformers import TrainingArguments
 
+    from clinlm.llm.precision import report
     cfg, out = run.cfg, Path(run.model_dir)
+    precision = report(cfg)  # `auto` -> this machine's dtype, recorded with its reason
     targs = build_training_kwargs(cfg.get("training") or {}, str(out / "checkpoints"), run.seed)
     if remove_unused_columns is not None:
         targs["remove_unused_columns"] = remove_unused_columns
@@ -148,6 +173,12 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
         for name, obj in files.items():
             (out / name).write_text(json.dumps(obj, indent=2))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    trend = loss_trend(trainer.state.log_history)
+    if trend["loss_rose"] and trainer.is_world_process_zero():
+        log.warning("%s/%s: the training loss rose (mean of the first logged losses %.4g, of "
+                    "the last %.4g): check the learning rate and the precision (%s)",
+                    run.task, run.model, trend["first_loss_mean"], trend["last_loss_mean"],
+                    precision["resolved"])
     epochs = float(args.num_train_epochs)
     info = {
         "method": cfg["method"], "base": cfg["base"], "world_size": int(args.world_size),
@@ -155,6 +186,7 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
                                    trainer.accelerator.distributed_type)),  # NO, MULTI_CPU, FSDP, ...
         "steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        **trend, "precision": precision,
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters()
                                         if p.requires_grad)),
         "train_seconds": round(seconds, 1),

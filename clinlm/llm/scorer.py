@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clinlm.llm import project
-from clinlm.llm.builders import resolve_dtype
+from clinlm.llm.builders import is_quantized, resolve_dtype
 
 
 def shared_prefix_length(enc: list[list[int]], min_tokens: int = 8) -> int:
@@ -63,19 +63,34 @@ def first_token_ids(tok: Any, choices: list[str]) -> list[int]:
 
 
 def autocast_dtype(cfg: dict[str, Any]) -> str | None:
-    """``predict.autocast_dtype`` if set, else the training precision (bf16/fp16), else None."""
-    chosen = (cfg.get("predict") or {}).get("autocast_dtype")
-    if chosen is not None:
-        return None if chosen == "float32" else chosen
-    training = cfg.get("training") or {}
-    return "bfloat16" if training.get("bf16") else "float16" if training.get("fp16") else None
+    """``predict.autocast_dtype`` if set (``auto``: this machine's precision), else the
+    training precision (bf16/fp16, ``bf16: auto`` resolved), else None (no autocast).
+
+    A quantized base merged into bf16/fp16 weights (``dtype``) gets that dtype whatever the
+    setting: its embeddings and norms stay float32 (kbit preparation), and a float32
+    activation cannot enter a bf16 linear layer without autocast.
+    """
+    from clinlm.llm.precision import resolve_cfg
+    cfg = resolve_cfg(cfg)
+    pcfg = cfg.get("predict") or {}
+    chosen = pcfg.get("autocast_dtype")
+    if chosen is None:
+        training = cfg.get("training") or {}
+        chosen = "bfloat16" if training.get("bf16") else "float16" if training.get("fp16") else None
+    chosen = None if chosen in (None, "float32") else chosen
+    merged = str(cfg.get("dtype") or "float32")
+    if (chosen is None and merged in ("bfloat16", "float16") and pcfg.get("merge_adapter", True)
+            and is_quantized(cfg.get("bnb"))):
+        return merged
+    return chosen
 
 
 def autocast(model: Any, dtype: str | None):
-    """``torch.autocast`` on the model's device in ``dtype``, or nothing when ``dtype`` is None."""
+    """``torch.autocast`` on the model's device in ``dtype`` (``auto`` resolved), or nothing
+    when ``dtype`` is None or float32."""
     import torch
     target = resolve_dtype(dtype)
-    if target is None:
+    if target is None or target == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(next(model.parameters()).device.type, dtype=target)
 

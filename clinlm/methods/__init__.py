@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "vlm": "clinlm.methods.vlm:VLMMethod",
     "cohere": "clinlm.methods.cohere:CohereMethod",
     "gbdt": "clinlm.methods.gbdt:GBDTMethod",
+    "stack": "clinlm.methods.stack:StackMethod",
 }
 
 

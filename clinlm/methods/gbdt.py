@@ -13,6 +13,7 @@ categories go to ``features.json``. Both files are written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from clinlm.config import ModelCommon
 from clinlm.io import atomic_path, write_json
 from clinlm.methods.base import CLASSIFICATION, Method, Run
 
+log = logging.getLogger(__name__)
 MODEL_FILE, FEATURES_FILE = "model.skops", "features.json"
 # what skops cannot vouch for by itself in a fitted HistGradientBoosting model (checked on load)
 TRUSTED = ["functools.partial", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -102,6 +104,14 @@ class GBDTMethod(Method):
         kw = {"random_state": run.seed, "categorical_features": "from_dtype",
               **run.cfg["hist_gbdt"]}
         x = feature_frame(train_df)
+        empty = [c for c in x.columns if x[c].isna().all()]
+        if empty:  # a feature this table lacks: sklearn cannot bin an all-missing column
+            log.warning("%s: %d feature(s) empty in every training row, left out: %s",
+                        run.model, len(empty), empty)
+            x = x.drop(columns=empty)
+            if x.shape[1] == 0:
+                raise ValueError(f"{run.model}: every f_* feature is empty in the training "
+                                 "rows: nothing to learn from")
         t0 = time.time()
         if run.task_type == CLASSIFICATION:
             models = {"main": HistGradientBoostingClassifier(**kw).fit(x, train_df["label"].eq("Yes"))}
@@ -117,13 +127,14 @@ class GBDTMethod(Method):
             "categories": {c: [str(v) for v in x[c].cat.categories] for c in x.columns
                            if isinstance(x[c].dtype, pd.CategoricalDtype)}})
         return {"method": self.name, "n_train": len(train_df), "n_features": x.shape[1],
+                "empty_features_left_out": empty,
                 "train_seconds": round(time.time() - t0, 2)}
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """Probability of ``Yes`` (classification) or estimate + 90 % interval (regression)."""
         m = load_models(run.model_dir / MODEL_FILE)
         saved = json.loads((run.model_dir / FEATURES_FILE).read_text())
-        x = feature_frame(df)[saved["columns"]]
+        x = feature_frame(df).reindex(columns=saved["columns"])  # absent there: missing
         for c, cats in saved["categories"].items():  # unseen categories -> NaN, as in training
             x[c] = pd.Categorical(x[c].astype(object).astype(str).where(x[c].notna()),
                                   categories=cats)

@@ -201,8 +201,10 @@ class HeadMethod(Method):
         self.tok: Any = None
         self.meta: dict[str, Any] | None = None
 
-    def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
-        """Train LoRA adapters + the head; save adapter, tokenizer and ``head.json``."""
+    def train(self, run: Run, train_df: pd.DataFrame,
+              extra_callbacks: list | None = None) -> dict[str, Any]:
+        """Train LoRA adapters + the head; save adapter, tokenizer and ``head.json``
+        (``extra_callbacks``: more TrainerCallbacks, e.g. the budget curve's checkpoints)."""
         import torch
         from datasets import Dataset
         from transformers import DataCollatorWithPadding
@@ -248,7 +250,7 @@ class HeadMethod(Method):
                 "head_modules": heads, "class_weights": weights, "max_length": max_length}
         trainer, info = fit(run, model, Dataset.from_dict({"input_ids": ids, "labels": labels}),
                             processing_class=tok, loss_fn=loss_fn,
-                            data_collator=DataCollatorWithPadding(tok),
+                            data_collator=DataCollatorWithPadding(tok), callbacks=extra_callbacks,
                             n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta})
         self.model, self.tok, self.meta = trainer.model.eval(), tok, meta
         info.update(n_train=len(df), n_train_available=len(train_df), head_modules=heads,

@@ -103,12 +103,18 @@ class SFTMethod(Method):
             p = vllm_engine.choice_probs(run.model_dir, run.cfg, run.work_dir or run.model_dir,
                                          prompts, ids)[:, 0]
             return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})
-        scorer = Scorer.from_run(run.model_dir, run.cfg)
-        prompts = prompt_texts(scorer.tok, df["statement"].tolist(), run.task_cfg)
-        if run.task_type == CLASSIFICATION:
-            p = scorer.choice_probs(prompts, ["Yes", "No"])[:, 0]
-            return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})
-        from clinlm.llm.numeric import decode_numeric
-        ans = run.task_cfg["answer"]
-        est = decode_numeric(scorer, prompts, ans["min"], ans["max"])
-        return pd.DataFrame({"id": df["id"].to_numpy(), **est})
+        return score_rows(Scorer.from_run(run.model_dir, run.cfg), run, df)
+
+
+def score_rows(scorer: Any, run: Run, df: pd.DataFrame) -> pd.DataFrame:
+    """The sft answers for ``df`` with a loaded :class:`~clinlm.llm.scorer.Scorer`: one-token
+    Yes/No probability, or the exact digit-by-digit distribution over integer answers.
+    Shared by :meth:`SFTMethod.predict` and ``clinlm ask``/``serve`` (which load once)."""
+    prompts = prompt_texts(scorer.tok, df["statement"].tolist(), run.task_cfg)
+    if run.task_type == CLASSIFICATION:
+        p = scorer.choice_probs(prompts, ["Yes", "No"])[:, 0]
+        return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})
+    from clinlm.llm.numeric import decode_numeric
+    ans = run.task_cfg["answer"]
+    est = decode_numeric(scorer, prompts, ans["min"], ans["max"])
+    return pd.DataFrame({"id": df["id"].to_numpy(), **est})

@@ -12,12 +12,11 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
 
-from clinlm.io import DataError
+from clinlm.io import DataError, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +51,15 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def read_raw(path: Path) -> pd.DataFrame:
-    """Read every cell of a ``.csv`` (or the single CSV in a ``.zip``) as a string."""
+def read_raw(path: Path, separator: str | None = ",", encoding: str = "utf-8",
+             key_prefix: str = "tasks.noshow.download") -> pd.DataFrame:
+    """Read every cell of a ``.csv`` (or the single CSV in a ``.zip``) as a string.
+
+    ``separator`` null: sniffed; ``encoding``: the text encoding (errors say which key to set).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    data = None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             members = [i.filename for i in zf.infolist()
@@ -64,18 +68,8 @@ def read_raw(path: Path) -> pd.DataFrame:
             if len(csvs) != 1:
                 raise DataError(path, f"expected exactly one .csv inside the zip, found "
                                       f"{csvs or members}")
-            with zf.open(csvs[0]) as f:
-                return _parse_csv(f, path)
-    with open(path, "rb") as f:
-        return _parse_csv(f, path)
-
-
-def _parse_csv(f: IO[bytes], path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(f, dtype=str, keep_default_na=False, na_filter=False,
-                           encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(path, f"not a readable UTF-8 CSV: {e}") from e
+            data = zf.read(csvs[0])
+    return read_table(path, separator, encoding, key_prefix, data=data)
 
 
 def validate(df: pd.DataFrame, path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, int]]:

@@ -19,7 +19,6 @@ input minus the dropped rows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -29,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from clinlm.io import DataError, atomic_path
+from clinlm.io import DataError, atomic_path, sha256_file
 from clinlm.noshow.schema import read_raw, validate
 from clinlm.noshow.synthetic import generate_synthetic
 from clinlm.tasks import TaskConfig, parse_section
@@ -50,6 +49,10 @@ class NoshowDownload(TaskConfig):
     source: Literal["auto", "kaggle", "csv", "synthetic"] = "auto"
     #: source csv: a ``.csv`` or a ``.zip`` holding one CSV
     csv_path: str | None = None
+    #: source csv: the separator (null: sniffed among , ; tab |)
+    csv_separator: str | None = None
+    #: source csv: the text encoding (cp1252 / latin-1 for files saved by Excel on Windows)
+    csv_encoding: str = "utf-8"
     #: source synthetic: number of rows
     n_synthetic: int = Field(DEFAULT_N_SYNTHETIC, ge=1)
     #: source kaggle: the dataset handle
@@ -195,7 +198,7 @@ def download(cfg: NoshowDownload | Mapping[str, Any], seed: int,
         if not where.is_file():
             raise FileNotFoundError(f"csv_path {str(where)!r} (data source 'csv') does not "
                                     "exist or is not a file")
-        raw = read_raw(where)
+        raw = read_raw(where, settings.csv_separator, settings.csv_encoding)
     else:
         where = download_kaggle(settings.kaggle_dataset or KAGGLE_DATASET)
         raw = read_raw(where)
@@ -212,15 +215,8 @@ def download(cfg: NoshowDownload | Mapping[str, Any], seed: int,
         "n_rows": counts["n_rows"],
         "n_dropped_negative_age": counts["n_dropped_negative_age"],
         "n_scheduled_after_appointment": counts["n_scheduled_after_appointment"],
-        "sha256": _sha256(out_csv),
+        "sha256": sha256_file(out_csv),
     }
     logger.info("wrote %s: %d rows from %s (%s)", out_csv, info["n_rows"], source, where)
     return info
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

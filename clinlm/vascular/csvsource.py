@@ -1,228 +1,424 @@
-"""A user's own CSV of ECG features + demographics + measured vascular age.
+"""A user's own table of ECG features + demographics + a measured target, taken as it is.
 
-:func:`load_csv` validates every cell it uses and raises :class:`clinlm.io.DataError`
-naming the file, the 1-based *data* row (the header is row 0) and the column of the first
-bad cell (in row order, then column order); the message also says how many bad cells the
-file has in all.
+The mapping (``tasks.vascular_age.download.columns``) says what each column IS::
 
-Units (the values of ``ecg_columns`` / ``demographic_columns``) and the rules per unit:
+    columns:
+      PatientAge: {feature: age, unit: years}
+      Gender:     {feature: sex, codes: {MALE: M, FEMALE: F}}
+      QRSDuration: {feature: qrs, unit: ms}
+      RAxis:      {feature: qrs_axis, unit: deg}
+      AtrialRate: {feature: atrial_rate, unit: bpm, range: [20, 700]}
+      Rhythm:     {feature: rhythm, kind: category, codes: {AFIB: atrial fibrillation}}
 
-============ ========================= ============================= ======================
-unit         meaning                   valid values                  stored as
-============ ========================= ============================= ======================
-``ms``       interval / duration       > 0 and < 2000 ms             ms
-``s``        interval / duration       > 0 and < 2 s                 ms (x 1000)
-``bpm``      heart rate                20 - 300                      bpm
-``deg``      electrical axis           -180 - 360                    deg in (-180, 180]
-``mV``       amplitude                 finite                        mV
-``1``        any other number          finite                        as is
-``years``    age                       0 - 120                       ``age``
-``sex``      sex                       M/F, male/female, 1/0         ``sex`` M/F (1 = M)
-             (demographics only)       (case-insensitive)
-``cm`` ``m`` height                    30 - 250 cm                   ``height_cm``
-``kg`` ``lb`` weight                   1 - 400 kg                    ``weight_kg``
-``kg/m2``    BMI                       5 - 100                       ``bmi``
-============ ========================= ============================= ======================
+* A **known feature** (:data:`KNOWN`: ``age sex height weight bmi hr pr qrs qt qtc p_axis
+  qrs_axis t_axis sdnn rmssd sbp bp_treated total_chol hdl smoker diabetes``) is stored under
+  its canonical name (``qrs_ms``...), converted to its canonical unit (``s`` -> ms, ``m``/``in``
+  -> cm, ``lb`` -> kg) and printed where the statement has its place.
+* **Any other feature** keeps its own name (lower-case, ``[a-z0-9_]``) and unit, and is printed
+  as ``<label> <value> <unit>`` in the ECG part of the statement (``section: clinical`` for
+  the other part); nothing mapped is ever dropped.
+* ``kind: category`` columns (rhythm labels, beat annotations) are printed as text and become
+  one-hot ``f_*`` features; ``codes`` maps raw values to what they mean (for ``sex`` and yes/no
+  features too: ``{0: M, 1: F}``).
 
-ECG columns whose name matches a known feature (case-insensitive, ignoring ``_``, ``-``,
-spaces and a trailing unit: ``hr``/``heart rate``, ``pr``, ``qrs``, ``qt``, ``qtc``,
-``sdnn``, ``rmssd``, ``p axis``, ``qrs axis``/``axis``, ``t axis``) are renamed to the
-extractor's names (``hr_bpm``, ``pr_ms``, ...), so :func:`~clinlm.vascular.statements.
-build_table` reads them; other ECG columns keep their name. Demographic columns are renamed
-by unit (``age``, ``sex``, ``height_cm``, ``weight_kg``, ``bmi``); BMI is computed from
-height and weight when both exist and no BMI column is given.
+What :func:`read_table` accepts: any separator (``csv_separator``, sniffed when null), any
+encoding (``csv_encoding``; a decoding error says which key to set), missing-value markers
+(``missing_values``, default :data:`DEFAULT_MISSING`), no id column (``id_column: null``: the
+1-based data row number becomes the id).
 
-Other rules: the id column must be present and unique in every row; the target (measured
-vascular age, years) must be present, numeric and within 0-120; a missing (empty) feature
-or demographic cell is allowed (it is omitted from the statement), but a non-numeric one
-(or an unknown sex) is an error.
+Validation (:func:`parse_frame`) checks every mapped cell and reports **every** bad cell,
+grouped by column (count, first rows and values) in one :class:`~clinlm.io.DataError`, which
+names the file and the first bad cell's row and column. Rules per unit (:data:`RANGES`, each
+overridable per column with ``range: [low, high]``):
+
+============ ========================= ===========================================
+unit         meaning                   default valid values
+============ ========================= ===========================================
+``ms``       interval / duration       (0, 3000]
+``s``        interval / duration       (0, 3]
+``bpm``      a rate                    [10, 700] (atrial rates in flutter exceed 300)
+``deg``      electrical axis           [-180, 360], stored in (-180, 180]
+``mV``/``uV`` amplitude                finite
+``years``    age                       [0, 120]
+``cm``/``m``/``in`` height             [30, 250] cm
+``kg``/``lb`` weight                   [1, 400] kg
+``kg/m2``    BMI                       [5, 100]
+``mmHg``     blood pressure            [40, 300]
+``mg/dL``    cholesterol               [10, 1000]
+other        any number                finite
+============ ========================= ===========================================
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clinlm.io import DataError
+from clinlm.io import DataError, read_table
 
-ECG_UNITS = {"ms", "s", "bpm", "deg", "mV", "1"}
-DEMOGRAPHIC_UNITS = {"years", "sex", "cm", "m", "kg", "lb", "kg/m2"}
-_RANGES: dict[str, tuple[float, float, bool]] = {
-    # unit: (low, high, low is exclusive)
-    "ms": (0.0, 2000.0, True), "s": (0.0, 2.0, True), "bpm": (20.0, 300.0, False),
+log = logging.getLogger(__name__)
+
+#: cells read as missing unless ``missing_values`` says otherwise (compared after stripping)
+DEFAULT_MISSING: tuple[str, ...] = ("", "?", "NA", "N/A", "n/a", "NaN", "nan", "null",
+                                    "NULL", "None", "none", "-")
+
+#: known feature -> (stored column, canonical unit, kind, statement section)
+KNOWN: dict[str, tuple[str, str, str, str]] = {
+    "age": ("age", "years", "number", "opening"), "sex": ("sex", "sex", "sex", "opening"),
+    "height": ("height_cm", "cm", "number", "opening"),
+    "weight": ("weight_kg", "kg", "number", "opening"),
+    "bmi": ("bmi", "kg/m2", "number", "opening"),
+    "sbp": ("sbp_mmhg", "mmHg", "number", "risk"), "bp_treated": ("bp_treated", "", "bool", "risk"),
+    "total_chol": ("total_chol_mgdl", "mg/dL", "number", "risk"),
+    "hdl": ("hdl_mgdl", "mg/dL", "number", "risk"),
+    "smoker": ("smoker", "", "bool", "risk"), "diabetes": ("diabetes", "", "bool", "risk"),
+    "hr": ("hr_bpm", "bpm", "number", "ecg"), "pr": ("pr_ms", "ms", "number", "ecg"),
+    "qrs": ("qrs_ms", "ms", "number", "ecg"), "qt": ("qt_ms", "ms", "number", "ecg"),
+    "qtc": ("qtc_ms", "ms", "number", "ecg"), "p_axis": ("p_axis_deg", "deg", "number", "ecg"),
+    "qrs_axis": ("qrs_axis_deg", "deg", "number", "ecg"),
+    "t_axis": ("t_axis_deg", "deg", "number", "ecg"), "sdnn": ("sdnn_ms", "ms", "number", "ecg"),
+    "rmssd": ("rmssd_ms", "ms", "number", "ecg"),
+}
+_BY_COLUMN = {v[0]: k for k, v in KNOWN.items()}  # "qrs_ms" -> "qrs" (either name is accepted)
+
+#: unit -> (canonical unit, factor): what a known feature accepts and how it converts
+CONVERT: dict[str, tuple[str, float]] = {
+    "s": ("ms", 1000.0), "m": ("cm", 100.0), "in": ("cm", 2.54), "lb": ("kg", 0.45359237),
+}
+#: unit -> (low, high, low exclusive)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "ms": (0.0, 3000.0, True), "s": (0.0, 3.0, True), "bpm": (10.0, 700.0, False),
     "deg": (-180.0, 360.0, False), "years": (0.0, 120.0, False), "cm": (30.0, 250.0, False),
-    "m": (0.3, 2.5, False), "kg": (1.0, 400.0, False), "lb": (2.2, 880.0, False),
-    "kg/m2": (5.0, 100.0, False),
+    "m": (0.3, 2.5, False), "in": (12.0, 100.0, False), "kg": (1.0, 400.0, False),
+    "lb": (2.2, 880.0, False), "kg/m2": (5.0, 100.0, False), "mmHg": (40.0, 300.0, False),
+    "mg/dL": (10.0, 1000.0, False),
 }
-_ALIASES = {
-    "hr": "hr_bpm", "heartrate": "hr_bpm", "ventricularrate": "hr_bpm", "rate": "hr_bpm",
-    "pr": "pr_ms", "printerval": "pr_ms", "qrs": "qrs_ms", "qrsduration": "qrs_ms",
-    "qt": "qt_ms", "qtinterval": "qt_ms", "qtc": "qtc_ms", "qtcb": "qtc_ms",
-    "sdnn": "sdnn_ms", "rmssd": "rmssd_ms", "paxis": "p_axis_deg", "qrsaxis": "qrs_axis_deg",
-    "axis": "qrs_axis_deg", "taxis": "t_axis_deg",
-}
-_DEMO_NAME = {"years": "age", "sex": "sex", "cm": "height_cm", "m": "height_cm",
-              "kg": "weight_kg", "lb": "weight_kg", "kg/m2": "bmi"}
-_SEX = {"m": "M", "male": "M", "man": "M", "1": "M", "1.0": "M",
-        "f": "F", "female": "F", "woman": "F", "0": "F", "0.0": "F"}
+#: decimals printed (and kept in f_*) per unit; other units: 2
+DECIMALS = {"ms": 0, "s": 0, "bpm": 0, "deg": 0, "years": 0, "cm": 0, "m": 0, "in": 0, "kg": 0,
+            "lb": 0, "kg/m2": 1, "mmHg": 0, "mg/dL": 0, "mV": 2, "uV": 0, "1": 2}
+_SEX_CODES = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
+_BOOL_CODES = {"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0, "y": 1.0,
+               "n": 0.0}
+_RESERVED = {"id", "subject_id", "vascular_age", "target", "label", "group", "statement"}
 
 
-def canonical_ecg_name(column: str) -> str:
-    """The extractor's feature name for a user column name (the column itself if unknown)."""
-    key = re.sub(r"[\s_\-()\[\]]+", "", column.lower())
-    key = re.sub(r"(ms|bpm|deg|degrees|s)$", "", key) if key not in _ALIASES else key
-    return _ALIASES.get(key, column)
+class CsvColumn(BaseModel):
+    """One entry of ``columns``: what a column of the user's table is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature: str = Field(min_length=1, description="a known feature (KNOWN) or any other "
+                                                   "name [a-z][a-z0-9_]*")
+    unit: str | None = Field(None, description="the column's unit (null: the known feature's "
+                                               "canonical unit, '1' for other numbers)")
+    kind: Literal["number", "category"] | None = Field(
+        None, description="null: number (sex and yes/no features have their own kinds)")
+    codes: dict[str, str] | None = Field(
+        None, description="raw value -> meaning: sex {0: M, 1: F}, yes/no {Y: yes}, a "
+                          "category's labels {AFIB: atrial fibrillation}")
+    range: tuple[float, float] | None = Field(None, description="valid [low, high] in the "
+                                                                "column's own unit")
+    label: str | None = Field(None, description="words in the statement (null: the feature "
+                                                "name)")
+    decimals: int | None = Field(None, ge=0, le=6, description="digits printed (null: by unit)")
+    section: Literal["ecg", "clinical"] | None = Field(
+        None, description="other features: statement part (null: ecg)")
+
+    @field_validator("codes", mode="before")
+    @classmethod
+    def _text_keys(cls, v: Any) -> Any:  # YAML reads {0: M} with an int key
+        return None if v is None else {str(k): str(x) for k, x in dict(v).items()}
 
 
-class _Problems:
-    """Collects bad cells; raises the first (in row, then column order) with a count."""
+class CsvOptions(BaseModel):
+    """How to read the user's table (the csv keys of ``tasks.vascular_age.download``)."""
 
-    def __init__(self, path: str | os.PathLike, order: list[str]) -> None:
-        self.path, self.order, self.items = path, order, []
+    model_config = ConfigDict(extra="forbid")
 
-    def add(self, mask: np.ndarray, column: str, what: pd.Series) -> None:
-        for i in np.flatnonzero(mask):
-            self.items.append((int(i) + 1, self.order.index(column), column, what.iloc[i]))
+    columns: dict[str, CsvColumn] = {}
+    id_column: str | None = None
+    target_column: str | None = None
+    group_column: str | None = None
+    separator: str | None = None
+    encoding: str = "utf-8"
+    missing_values: list[str] | None = None
+    max_categories: int = Field(20, ge=1)
+    key_prefix: str = "tasks.vascular_age.download"
 
-    def raise_first(self) -> None:
-        if not self.items:
+
+@dataclass
+class Feature:
+    """A resolved mapping entry (recorded in the raw table's attrs and in download.json)."""
+
+    column: str            # the user's column
+    name: str              # stored column
+    kind: str              # number | sex | bool | category
+    unit: str              # stored unit ("" for sex/bool/category)
+    section: str           # opening | risk | ecg | clinical
+    label: str
+    decimals: int
+    known: bool
+    codes: dict[str, str] | None = field(default=None, repr=False)
+    range: tuple[float, float, bool] | None = field(default=None, repr=False)
+    factor: float = 1.0
+    source_unit: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able facts (download.json, parquet attrs)."""
+        return {"column": self.column, "name": self.name, "kind": self.kind, "unit": self.unit,
+                "section": self.section, "label": self.label, "decimals": self.decimals,
+                "known": self.known}
+
+
+def resolve(columns: Mapping[str, CsvColumn | Mapping[str, Any]],
+            key_prefix: str = "tasks.vascular_age.download") -> list[Feature]:
+    """Check the mapping and resolve each entry; errors name the params key."""
+    out: list[Feature] = []
+    seen: dict[str, str] = {}
+    for col, spec in columns.items():
+        spec = spec if isinstance(spec, CsvColumn) else CsvColumn.model_validate(dict(spec))
+        key = f"{key_prefix}.columns.{col}"
+        feat = _BY_COLUMN.get(spec.feature, spec.feature)
+        if feat in KNOWN:
+            name, canon, kind, section = KNOWN[feat]
+            unit = spec.unit or canon
+            factor = 1.0
+            if kind in ("sex", "bool"):
+                if spec.unit not in (None, "", kind):
+                    raise ValueError(f"{key}.unit: {feat!r} has no unit (got {spec.unit!r})")
+                unit = canon = ""
+            elif unit != canon:
+                to, factor = CONVERT.get(unit, (None, 1.0))
+                if to != canon:
+                    ok = [canon, *[u for u, (c, _) in CONVERT.items() if c == canon]]
+                    raise ValueError(f"{key}.unit: {feat!r} is in {canon}; {unit!r} is not one "
+                                     f"of {ok}")
+            if spec.kind == "category":
+                raise ValueError(f"{key}.kind: {feat!r} is a known {kind}, not a category")
+            label = spec.label or ""
+            src_unit, unit = unit, canon
+        else:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", feat) or feat in _RESERVED:
+                raise ValueError(f"{key}.feature: {feat!r} is not a known feature "
+                                 f"({sorted(KNOWN)}) and not a usable new name "
+                                 "(lower-case letters, digits and _; not id/label/...)")
+            kind = spec.kind or "number"
+            name, section = feat, spec.section or "ecg"
+            src_unit = unit = "" if kind == "category" else (spec.unit or "1")
+            factor = 1.0
+            label = spec.label or feat.replace("_", " ")
+        if name in seen:
+            raise ValueError(f"{key}.feature: {feat!r} is already given by column {seen[name]!r}")
+        seen[name] = col
+        if spec.codes is not None and kind == "number":
+            raise ValueError(f"{key}.codes: a number column has no codes (kind: category?)")
+        if spec.codes is not None and kind in ("sex", "bool"):
+            meaning = _SEX_CODES if kind == "sex" else _BOOL_CODES
+            wrong = [v for v in spec.codes.values() if v.lower() not in meaning]
+            if wrong:
+                raise ValueError(f"{key}.codes: {feat!r} values must mean one of "
+                                 f"{sorted(meaning)}, got {wrong}")
+        rng = None
+        if spec.range is not None:
+            lo, hi = spec.range
+            if not lo < hi:
+                raise ValueError(f"{key}.range: low {lo} must be below high {hi}")
+            rng = (float(lo), float(hi), False)
+        elif kind == "number":
+            rng = RANGES.get(src_unit)
+        decimals = spec.decimals if spec.decimals is not None else DECIMALS.get(src_unit, 2)
+        out.append(Feature(col, name, kind, unit, section, label, decimals, feat in KNOWN,
+                           spec.codes, rng, factor, src_unit))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+class Problems:
+    """Every bad cell, reported grouped by column: count, first rows and values."""
+
+    def __init__(self, path: str | os.PathLike, order: list[str], key_prefix: str) -> None:
+        self.path, self.order, self.key_prefix = path, order, key_prefix
+        self.groups: list[tuple[str, str, np.ndarray, pd.Series, str]] = []
+
+    def add(self, mask: np.ndarray | pd.Series, column: str, what: str, values: pd.Series,
+            hint: str = "") -> None:
+        """Record the cells of ``column`` where ``mask`` holds (``what``: the rule broken)."""
+        rows = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if rows.size:
+            self.groups.append((column, what, rows, values, hint))
+
+    def raise_all(self) -> None:
+        """Raise one DataError for everything recorded (nothing when clean)."""
+        if not self.groups:
             return
-        row, _, column, msg = min(self.items, key=lambda t: (t[0], t[1]))
-        more = f" ({len(self.items)} bad cells in the file)" if len(self.items) > 1 else ""
-        raise DataError(self.path, f"{msg}{more}", row=row, column=column)
+        groups = sorted(self.groups, key=lambda g: (self.order.index(g[0])
+                                                    if g[0] in self.order else -1, g[2][0]))
+        first = min(groups, key=lambda g: (g[2][0], self.order.index(g[0])
+                                           if g[0] in self.order else -1))
+        total = sum(len(g[2]) for g in groups)
+        lines = []
+        for column, what, rows, values, hint in groups:
+            shown = ", ".join(f"{r + 1} ({values.iloc[r]!r})" for r in rows[:5])
+            more = f", ... {len(rows) - 5} more" if len(rows) > 5 else ""
+            lines.append(f"  column {column!r}: {len(rows)} cell(s) {what}: rows {shown}{more}"
+                         + (f" -- {hint}" if hint else ""))
+        r0 = int(first[2][0])
+        head = (f"{first[1]} ({first[3].iloc[r0]!r}); {total} bad cell(s) in "
+                f"{len({g[0] for g in groups})} column(s):")
+        raise DataError(self.path, head + "\n" + "\n".join(lines), row=r0 + 1, column=first[0])
 
 
-def _numeric(raw: pd.Series, column: str, unit: str, problems: _Problems) -> pd.Series:
-    text = raw.astype("string").str.strip()
-    missing = text.isna() | (text == "")
-    num = pd.to_numeric(text.where(~missing), errors="coerce")
-    bad = ~missing & num.isna()
-    problems.add(bad.to_numpy(), column, "not a number: " + raw.astype(str))
-    lo, hi, lo_open = _RANGES.get(unit, (-np.inf, np.inf, False))
-    finite = np.isfinite(num.to_numpy(dtype=float, na_value=np.nan))
-    out_lo = num <= lo if lo_open else num < lo
-    out = num.notna() & (out_lo | (num > hi) | ~finite)
-    rng = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-    problems.add(out.to_numpy(), column,
-                 f"impossible value for unit {unit!r} (valid {rng}): " + num.astype(str))
-    return num.where(~out & ~bad).astype(float)
+def _norm(text: pd.Series) -> pd.Series:
+    """Lower-case text with numbers canonical (``1.0`` -> ``1``), to match codes."""
+    low = text.str.lower()
+    num = pd.to_numeric(low, errors="coerce")
+    whole = num.notna() & (num == np.floor(num)) & (num.abs() < 2 ** 53)
+    return low.where(~whole, num.where(whole).astype("Int64").astype(str))
 
 
-def load_csv(path: str | os.PathLike, id_column: str, target_column: str,
-             ecg_columns: dict[str, str], demographic_columns: dict[str, str],
-             group_column: str | None = None) -> pd.DataFrame:
-    """Read and validate a user CSV (rules and units: module docstring).
+def _codes(codes: Mapping[str, str]) -> dict[str, str]:
+    """``codes`` with keys normalised like the cells (:func:`_norm`)."""
+    keys = _norm(pd.Series(list(codes), dtype="string").str.strip())
+    return dict(zip(keys, codes.values(), strict=True))
 
-    Args:
-        path: CSV file (header row, comma-separated).
-        id_column: unique record id.
-        target_column: measured vascular age in years (0-120, required in every row).
-        ecg_columns: ``{column: unit}`` with units from ``ms, s, bpm, deg, mV, 1``.
-        demographic_columns: ``{column: unit}`` with units from ``years, sex, cm, m, kg,
-            lb, kg/m2`` (each unit once).
-        group_column: subject id (several records per subject); default: the id.
 
-    Returns:
-        A table with ``id``, ``subject_id`` (str), ``vascular_age`` (float, the target),
-        demographics (``age``, ``sex``, ``height_cm``, ``weight_kg``, ``bmi``, those
-        given) and ECG features (renamed, converted to ms/deg). ``attrs["units"]`` maps
-        each output column to its unit; ``attrs["source"] = "csv"``.
+def _numbers(text: pd.Series, missing: pd.Series, f: Feature, problems: Problems,
+             key: str) -> pd.Series:
+    num = pd.to_numeric(text.where(~missing), errors="coerce").astype(float)
+    bad = ~missing & (num.isna() | ~np.isfinite(num.fillna(0)))
+    problems.add(bad, f.column, "not a number", text,
+                 f"a missing-value marker? add it to {problems.key_prefix}.missing_values")
+    if f.range is not None:
+        lo, hi, lo_open = f.range
+        out = num.notna() & ((num <= lo if lo_open else num < lo) | (num > hi))
+        rng = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
+        problems.add(out, f.column, f"outside {rng} {f.source_unit}".rstrip(), text,
+                     f"if real, widen {key}.range")
+        num = num.where(~out)
+    return num.where(~bad) * f.factor
 
-    Raises:
-        DataError: missing file or columns, or the first bad cell (file, row, column).
-        ValueError: unknown units or clashing column mappings (a programming error).
+
+def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
+                require_target: bool = True) -> pd.DataFrame:
+    """Validate a table of strings (:func:`read_table`) against ``opts``; see module docstring.
+
+    Returns ``id``, ``subject_id``, ``vascular_age`` (the target; NaN when
+    ``require_target`` is false and the column is absent) and one column per mapped feature.
+    ``attrs``: ``source="csv"``, ``target_column="vascular_age"``, ``units``, ``features``
+    (:meth:`Feature.record` of each), ``id_from_row_number``.
     """
-    path = Path(path)
-    for col, unit in ecg_columns.items():
-        if unit not in ECG_UNITS:
-            raise ValueError(f"ECG column {col!r}: unit {unit!r} not one of {sorted(ECG_UNITS)}")
-    units = list(demographic_columns.values())
-    for col, unit in demographic_columns.items():
-        if unit not in DEMOGRAPHIC_UNITS:
-            raise ValueError(f"demographic column {col!r}: unit {unit!r} not one of "
-                             f"{sorted(DEMOGRAPHIC_UNITS)}")
-    names = [_DEMO_NAME[u] for u in units]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two demographic columns map to the same field: {demographic_columns}")
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    needed = [id_column, target_column, *ecg_columns, *demographic_columns]
-    if group_column:
-        needed.append(group_column)
-    missing = [c for c in dict.fromkeys(needed) if c not in raw.columns]
-    if missing:
-        raise DataError(path, f"missing columns {missing}; found {list(raw.columns)}",
-                        column=missing[0])
-    order = list(raw.columns)
-    problems = _Problems(path, order)
+    p = opts.key_prefix
+    feats = resolve(opts.columns, p)
+    if not feats:
+        raise ValueError(f"{p}.columns is empty: say what each column of your table is, e.g. "
+                         "{QRS: {feature: qrs, unit: ms}, Age: {feature: age}}")
+    has_target = bool(opts.target_column) and opts.target_column in raw.columns
+    needed = [c for c in (opts.id_column, opts.group_column) if c]
+    needed += [opts.target_column] if (require_target and opts.target_column) else []
+    needed += [f.column for f in feats]
+    missing_cols = [c for c in dict.fromkeys(needed) if c not in raw.columns]
+    if missing_cols:
+        raise DataError(where, f"missing column(s) {missing_cols}; the table has "
+                               f"{list(raw.columns)[:40]}", column=missing_cols[0])
+    markers = set(DEFAULT_MISSING if opts.missing_values is None else opts.missing_values)
+    problems = Problems(where, list(raw.columns), p)
+    n = len(raw)
 
-    ids = raw[id_column].str.strip()
-    problems.add((ids == "").to_numpy(), id_column, pd.Series("missing id", index=raw.index))
-    dup = ids.duplicated(keep="first") & (ids != "")
-    problems.add(dup.to_numpy(), id_column, "duplicate id " + ids)
-
-    tgt_txt = raw[target_column].str.strip()
-    problems.add((tgt_txt == "").to_numpy(), target_column,
-                 pd.Series("missing target (measured vascular age)", index=raw.index))
-    target = _numeric(raw[target_column], target_column, "years", problems)
-
-    out = pd.DataFrame({"id": ids})
-    if group_column:
-        grp = raw[group_column].str.strip()
-        problems.add((grp == "").to_numpy(), group_column,
-                     pd.Series("missing group id", index=raw.index))
-        out["subject_id"] = grp
+    if opts.id_column:
+        ids = raw[opts.id_column].astype(str).str.strip()
+        problems.add(ids.isin(markers), opts.id_column, "missing id", ids)
+        problems.add(ids.duplicated() & ~ids.isin(markers), opts.id_column, "duplicate id", ids)
     else:
-        out["subject_id"] = ids
-    out["vascular_age"] = target
-    out_units: dict[str, str] = {"vascular_age": "years"}
+        ids = pd.Series(np.arange(1, n + 1).astype(str), index=raw.index)
+    out = pd.DataFrame({"id": ids.to_numpy()}, index=raw.index)
+    if opts.group_column:
+        grp = raw[opts.group_column].astype(str).str.strip()
+        problems.add(grp.isin(markers), opts.group_column, "missing group id", grp)
+        out["subject_id"] = grp.to_numpy()
+    else:
+        out["subject_id"] = out["id"]
 
-    for col, unit in demographic_columns.items():
-        name = _DEMO_NAME[unit]
-        if unit == "sex":
-            txt = raw[col].str.strip()
-            sex = txt.str.lower().map(_SEX)
-            bad = (txt != "") & sex.isna()
-            problems.add(bad.to_numpy(), col, "unknown sex " + txt.map(repr)
-                         + " (use M/F, male/female or 1/0)")
-            out[name] = sex
-            out_units[name] = "M/F"
-            continue
-        v = _numeric(raw[col], col, unit, problems)
-        if unit == "m":
-            v = v * 100.0
-        elif unit == "lb":
-            v = v * 0.45359237
-        out[name] = v
-        out_units[name] = {"years": "years", "m": "cm", "cm": "cm", "kg": "kg", "lb": "kg",
-                           "kg/m2": "kg/m2"}[unit]
+    if has_target:
+        tgt = Feature(opts.target_column, "vascular_age", "number", "years", "", "", 1, False,
+                      range=RANGES["years"], source_unit="years")
+        txt = raw[opts.target_column].astype(str).str.strip()
+        gone = txt.isin(markers)
+        if require_target:
+            problems.add(gone, opts.target_column, "missing target", txt)
+        out["vascular_age"] = _numbers(txt, gone, tgt, problems, f"{p}.csv_target_column")
+    else:
+        out["vascular_age"] = np.nan
+    units: dict[str, str] = {"vascular_age": "years"}
+
+    for f in feats:
+        key = f"{p}.columns.{f.column}"
+        txt = raw[f.column].astype(str).str.strip()
+        gone = txt.isin(markers)
+        if f.kind == "number":
+            out[f.name] = _numbers(txt, gone, f, problems, key).to_numpy()
+            if f.unit == "deg":  # axes: one convention, (-180, 180]
+                v = ((out[f.name] + 180.0) % 360.0) - 180.0
+                out[f.name] = v.where(v != -180.0, 180.0)
+        elif f.kind in ("sex", "bool"):
+            meaning = _SEX_CODES if f.kind == "sex" else _BOOL_CODES
+            codes = _codes(f.codes) if f.codes is not None else {k: k for k in meaning}
+            norm = _norm(txt)
+            unknown = ~gone & norm.map(codes).isna()
+            if f.kind == "sex" and f.codes is None:  # 0/1 differ between tables: never guess
+                numeric = unknown & pd.to_numeric(txt, errors="coerce").notna()
+                problems.add(numeric, f.column, "sex given as a number", txt,
+                             f"say which is which: {key}.codes: {{0: M, 1: F}} (or the reverse)")
+                unknown &= ~numeric
+            problems.add(unknown, f.column, f"unknown {f.kind} value", txt,
+                         f"known: {sorted(codes)}; map the others in {key}.codes")
+            stored = norm.map(codes).str.lower().map(meaning)
+            out[f.name] = stored.where(~gone).to_numpy()
+        else:  # category
+            if f.codes is not None:
+                mapped = _norm(txt).map(_codes(f.codes))
+                problems.add(~gone & mapped.isna(), f.column, "value not in codes", txt,
+                             f"add it to {key}.codes")
+            else:
+                mapped = txt
+            out[f.name] = mapped.where(~gone).astype(object).to_numpy()
+        units[f.name] = f.unit
+
+    problems.raise_all()
     if "bmi" not in out.columns and {"height_cm", "weight_kg"} <= set(out.columns):
         out["bmi"] = out["weight_kg"] / (out["height_cm"] / 100.0) ** 2
-        out_units["bmi"] = "kg/m2"
-
-    for col, unit in ecg_columns.items():
-        name = canonical_ecg_name(col)
-        want = {"_bpm": {"bpm"}, "_ms": {"ms", "s"}, "_deg": {"deg"}}
-        for suffix, ok in want.items():
-            if name != col and name.endswith(suffix) and unit not in ok:
-                raise ValueError(f"ECG column {col!r} is read as {name!r}: its unit must be "
-                                 f"one of {sorted(ok)}, not {unit!r}")
-        if name in out.columns:
-            raise ValueError(f"ECG column {col!r} maps to {name!r}, which is already used")
-        v = _numeric(raw[col], col, unit, problems)
-        if unit == "s":
-            v = v * 1000.0
-        elif unit == "deg":
-            v = ((v + 180.0) % 360.0) - 180.0
-            v = v.where(v != -180.0, 180.0)
-        out[name] = v
-        out_units[name] = {"s": "ms"}.get(unit, unit)
-
-    problems.raise_first()
-    out.attrs.update(units=out_units, source="csv", target_column="vascular_age")
+        units["bmi"] = "kg/m2"
+    out = out.reset_index(drop=True)
+    out.attrs.update(source="csv", target_column="vascular_age", units=units,
+                     features=[f.record() for f in feats],
+                     id_from_row_number=not opts.id_column,
+                     max_categories=opts.max_categories)
     return out
+
+
+def load_csv(path: str | os.PathLike, opts: CsvOptions | Mapping[str, Any]) -> pd.DataFrame:
+    """Read (:func:`read_table`) and validate (:func:`parse_frame`) a user's table."""
+    opts = opts if isinstance(opts, CsvOptions) else CsvOptions.model_validate(dict(opts))
+    raw = read_table(path, opts.separator, opts.encoding, opts.key_prefix)
+    table = parse_frame(raw, opts, path)
+    if not opts.id_column:
+        log.info("%s: no id column (%s.id_column: null): row numbers 1..%d are the ids",
+                 path, opts.key_prefix, len(table))
+    used = ", ".join(f"{f['column']} -> {f['name']}" + (f" ({f['unit']})" if f["unit"] else "")
+                     for f in table.attrs["features"])
+    log.info("%s: %d rows; features used: %s", path, len(table), used)
+    return table

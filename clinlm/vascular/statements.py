@@ -23,6 +23,7 @@ Latent/derivation columns (``true_*``, ``vascular_age_framingham``, ``ecg_shift_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,24 @@ def _same(a: pd.Series, b: pd.Series) -> bool:
     return bool(both.any()) and bool(np.allclose(x[both], y[both]))
 
 
+def _suffix(unit: str) -> str:
+    """How a unit follows a number: ``°`` for degrees, nothing for plain numbers."""
+    return {"deg": "°", "": "", "1": ""}.get(unit, " " + unit)
+
+
+def _category(values: pd.Series, name: str, label: str, max_categories: int,
+              feats: dict[str, pd.Series]) -> pd.Series:
+    """``", <label> <value>"`` pieces, and one-hot ``f_<name>__<value>`` features for the
+    ``max_categories`` most frequent values (ties by name; NaN where the cell is missing)."""
+    present = values.notna()
+    counts = values[present].astype(str).value_counts()
+    top = sorted(counts.index, key=lambda v: (-counts[v], v))[:max_categories]
+    for v in top:
+        slug = re.sub(r"[^a-z0-9]+", "_", v.lower()).strip("_") or "value"
+        feats[f"f_{name}__{slug}"] = (values.astype(str) == v).astype(float).where(present)
+    return _piece(values.where(present), f"{label} " + values.astype(str))
+
+
 def _join(parts: list[pd.Series]) -> pd.Series:
     """Concatenate ", x" pieces and drop the leading separator."""
     out = parts[0]
@@ -155,47 +174,57 @@ def build_table(raw: pd.DataFrame, target_column: str = "vascular_age", *,
     noun = pd.Series(np.select([male == 1, male == 0], ["man", "woman"], "person"), index=idx)
     if include_age and target_column != "age":
         age = _rounded(_num(raw, "age"), 0)
-        feats["f_age"] = age
+        if "age" in raw.columns:
+            feats["f_age"] = age
         age_txt = ("A " + _fmt(age, 0) + "-year-old ").where(age.notna(), "")
     else:
         age_txt = empty
     opening = age_txt.where(age_txt != "", "A ") + noun
-    feats["f_sex_male"] = male
+    if "sex" in raw.columns:
+        feats["f_sex_male"] = male
     body = []
     for it in BODY:
+        if it.column not in raw.columns:  # absent from this table: no all-empty feature
+            continue
         v = _rounded(_num(raw, it.column), it.decimals)
         feats[f"f_{it.column}"] = v
         body.append(_piece(v, f"{it.label} " + _fmt(v, it.decimals) + it.unit))
     bmi = _rounded(_num(raw, "bmi"), 1)
-    feats["f_bmi"] = bmi
-    weight_present = feats["f_weight_kg"].notna()
+    if "bmi" in raw.columns:
+        feats["f_bmi"] = bmi
+    weight_present = _num(raw, "weight_kg").notna()
     bmi_txt = pd.Series(np.where(weight_present, " (BMI " + _fmt(bmi, 1) + ")",
                                  ", BMI " + _fmt(bmi, 1)), index=idx).where(bmi.notna(), "")
-    body_txt = _join(body)
+    body_txt = _join(body) if body else empty
     sentence = opening + (", " + body_txt).where(body_txt != "", "") + bmi_txt + "."
 
     # --- risk factors ---------------------------------------------------------------------
     if include_risk_factors:
         sbp = _rounded(_num(raw, "sbp_mmhg"), 0)
         treated = _bool(raw, "bp_treated")
-        feats["f_sbp_mmhg"], feats["f_bp_treated"] = sbp, treated
+        for col, v in (("sbp_mmhg", sbp), ("bp_treated", treated)):
+            if col in raw.columns:  # absent from this table: no all-empty feature
+                feats[f"f_{col}"] = v
         treat_txt = pd.Series(np.select([treated == 1, treated == 0],
                                         [" (treated)", " (untreated)"], ""), index=idx)
         parts = [_piece(sbp, "systolic blood pressure " + _fmt(sbp, 0) + " mmHg" + treat_txt)]
         for it in RISK_NUMERIC:
             v = _rounded(_num(raw, it.column), it.decimals)
-            feats[f"f_{it.column}"] = v
+            if it.column in raw.columns:
+                feats[f"f_{it.column}"] = v
             parts.append(_piece(v, f"{it.label} " + _fmt(v, it.decimals) + it.unit))
         for col, yes, no in (("smoker", "smoker", "non-smoker"),
                              ("diabetes", "diabetes", "no diabetes")):
             b = _bool(raw, col)
-            feats[f"f_{col}"] = b
+            if col in raw.columns:
+                feats[f"f_{col}"] = b
             parts.append(pd.Series(np.select([b == 1, b == 0], [", " + yes, ", " + no], ""),
                                    index=idx))
         risk = _join(parts)
         sentence = sentence + (" Risk factors: " + risk + ".").where(risk != "", "")
 
-    # --- ECG ------------------------------------------------------------------------------
+    # --- ECG, then the user's other features (csv source: every mapped column is used) ----
+    extra = [f for f in raw.attrs.get("features", []) if not f.get("known")]
     parts = []
     for it in ECG_ITEMS:
         if it.column not in raw.columns:
@@ -203,9 +232,24 @@ def build_table(raw: pd.DataFrame, target_column: str = "vascular_age", *,
         v = _rounded(_num(raw, it.column), it.decimals)
         feats[f"f_{it.column}"] = v
         parts.append(_piece(v, f"{it.label} " + _fmt(v, it.decimals) + it.unit))
+    other = []
+    max_cat = int(raw.attrs.get("max_categories", 20))
+    for f in extra:
+        if f["name"] not in raw.columns:
+            continue
+        pieces = parts if f["section"] == "ecg" else other
+        if f["kind"] == "category":
+            pieces.append(_category(raw[f["name"]], f["name"], f["label"], max_cat, feats))
+            continue
+        v = _rounded(_num(raw, f["name"]), f["decimals"])
+        feats[f"f_{f['name']}"] = v
+        pieces.append(_piece(v, f"{f['label']} " + _fmt(v, f["decimals"]) + _suffix(f["unit"])))
     if parts:
         ecg = _join(parts)
         sentence = sentence + (" ECG: " + ecg + ".").where(ecg != "", "")
+    if other:
+        txt = _join(other)
+        sentence = sentence + (" Other: " + txt + ".").where(txt != "", "")
 
     ids = raw[id_column].astype(str)
     group = raw[group_column].astype(str) if group_column in raw.columns else ids

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,8 @@ import pandas as pd
 from pydantic import Field
 
 from clinlm.io import DataError, atomic_path, write_json, write_parquet
-from clinlm.tasks import Task, TaskConfig
+from clinlm.tasks import Task, TaskConfig, check_records
+from clinlm.vascular.csvsource import CsvColumn, CsvOptions
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,24 @@ class VascularDownload(TaskConfig):
     max_records: int | None = Field(None, ge=1, description="PTB-XL: read only the first N "
                                                             "records (null = all)")
     sampling_rate: Literal[100, 500] = Field(100, description="PTB-XL: 100 or 500 Hz records")
-    csv_path: str | None = Field(None, description="a CSV of ECG features + demographics + "
-                                                   "measured vascular age")
-    id_column: str = Field("id", min_length=1, description="CSV: record id column")
+    csv_path: str | None = Field(None, description="a table of ECG features + demographics + "
+                                                   "a measured target (any separator)")
+    csv_separator: str | None = Field(None, description="CSV: the separator (null: sniffed)")
+    csv_encoding: str = Field("utf-8", description="CSV: text encoding (cp1252/latin-1 for "
+                                                   "files saved by Excel on Windows)")
+    missing_values: list[str] | None = Field(
+        None, description="CSV: cells read as missing (null: '', ?, NA, N/A, NaN, null, None, -)")
+    id_column: str | None = Field(None, description="CSV: unique record id column (null: the "
+                                                    "row number)")
     csv_target_column: str = Field("vascular_age", min_length=1,
-                                   description="CSV: measured vascular age column (years)")
-    ecg_columns: dict[str, str] = Field({}, description="CSV: {column: unit} of ECG features")
-    demographic_columns: dict[str, str] = Field(
-        {}, description="CSV: {column: unit} of demographics")
+                                   description="CSV: the target column (years)")
     group_column: str | None = Field(None, description="CSV: subject id column (several "
                                                        "records per subject), or null")
+    columns: dict[str, CsvColumn] = Field(
+        {}, description="CSV: {column: {feature, unit, kind, codes, range, label, decimals, "
+                        "section}}: what each column is (clinlm.vascular.csvsource)")
+    max_categories: int = Field(20, ge=1, description="CSV: one-hot features per category "
+                                                      "column (the most frequent values)")
     processes: int = Field(1, ge=1, description="worker processes for ECG feature extraction")
 
 
@@ -91,15 +99,19 @@ def _require(cfg: VascularDownload, key: str) -> Any:
     return value
 
 
+def csv_options(cfg: VascularDownload) -> CsvOptions:
+    """The csv keys of ``cfg`` as :class:`~clinlm.vascular.csvsource.CsvOptions`."""
+    return CsvOptions(columns=cfg.columns, id_column=cfg.id_column,
+                      target_column=cfg.csv_target_column, group_column=cfg.group_column,
+                      separator=cfg.csv_separator, encoding=cfg.csv_encoding,
+                      missing_values=cfg.missing_values, max_categories=cfg.max_categories)
+
+
 def _load_user_csv(cfg: VascularDownload, path: str | os.PathLike) -> pd.DataFrame:
     """:func:`~clinlm.vascular.csvsource.load_csv` with the column settings of ``cfg``."""
     from clinlm.vascular.csvsource import load_csv
 
-    if not cfg.ecg_columns and not cfg.demographic_columns:
-        raise ValueError("tasks.vascular_age.download.ecg_columns / demographic_columns are "
-                         "empty: map the CSV's columns to units, e.g. {QTc: ms, Age: years}")
-    return load_csv(path, cfg.id_column, cfg.csv_target_column, dict(cfg.ecg_columns),
-                    dict(cfg.demographic_columns), cfg.group_column)
+    return load_csv(path, csv_options(cfg))
 
 
 def _write_signals(out_dir: Path, signals: np.ndarray, fs: float) -> dict[str, Any]:
@@ -173,7 +185,8 @@ class VascularAgeTask(Task):
                             table.attrs.get("n_dropped_missing_target", 0)))
         else:
             table = _load_user_csv(dl, _require(dl, "csv_path"))
-            info["csv_path"] = str(dl.csv_path)
+            info.update(csv_path=str(dl.csv_path), features=table.attrs["features"],
+                        id_from_row_number=table.attrs["id_from_row_number"])
             for stale in (SIGNALS, SIGNALS_META):  # a previous source's recordings
                 (out_dir / stale).unlink(missing_ok=True)
         if len(table) == 0:
@@ -193,6 +206,19 @@ class VascularAgeTask(Task):
                  time.perf_counter() - t0)
         return info
 
+    def input_files(self, cfg: Mapping[str, Any]) -> list[Path]:
+        """Source csv: the table; ptbxl: the database CSV and the records of the sampling rate
+        read (sorted); synthetic: none."""
+        dl: VascularDownload = self.download_settings(cfg)
+        if dl.source == "csv" and dl.csv_path:
+            return [Path(dl.csv_path)]
+        if dl.source == "ptbxl" and dl.ptbxl_dir:
+            root = Path(dl.ptbxl_dir)
+            records = root / f"records{dl.sampling_rate}"
+            files = sorted(p for p in records.rglob("*") if p.is_file()) if records.is_dir() else []
+            return [root / "ptbxl_database.csv", *files]
+        return []
+
     def build_table(self, cfg: Mapping[str, Any], raw_dir: Path) -> pd.DataFrame:
         """``id, group, statement, label, f_*`` from ``raw_dir/subjects.parquet``.
 
@@ -209,35 +235,104 @@ class VascularAgeTask(Task):
         return statements_table(raw, _target_column(raw), **opts)
 
     def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
-        """A user's CSV (columns as in ``cfg["download"]``'s CSV settings) -> statements table.
+        """A user's table (read like the download's csv source) -> statements table.
 
-        The target column may be absent (new patients to predict): the table's ``label`` is
-        then NaN. Errors name the user's file, row and column.
+        With source ``csv`` the columns are the user's (``download.columns``); otherwise the
+        canonical field names of :meth:`input_fields`. The target column may be absent (new
+        patients to predict): ``label`` is then NaN. Errors name the user's file, row, column.
         """
+        from clinlm.io import read_table
+        from clinlm.vascular.csvsource import parse_frame
+
+        opts = self._record_options(cfg)
+        dl: VascularDownload = self.download_settings(cfg)
+        raw = read_table(path, opts.separator, opts.encoding, opts.key_prefix)
+        if dl.source == "csv":  # the file's own ids and groups when it has those columns
+            opts = opts.model_copy(update={
+                "id_column": dl.id_column if dl.id_column in raw.columns else None,
+                "group_column": dl.group_column if dl.group_column in raw.columns else None})
+        return self._statements(cfg, parse_frame(raw, opts, path, require_target=False))
+
+    def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The fields one subject is described by (``ask``, the page's form).
+
+        Source ``csv``: the user's mapped columns; other sources: the canonical names of the
+        data the statements use (``age``, ``sex``, ``height_cm``, ..., ``qtc_ms``, ...).
+        """
+        from clinlm.vascular.csvsource import resolve
+
+        out = []
+        for f in resolve(self._record_options(cfg).columns):
+            kind = {"number": "number", "sex": "choice", "bool": "bool",
+                    "category": "text"}[f.kind]
+            out.append({"name": f.column, "kind": kind, "unit": f.source_unit or None,
+                        "choices": ["M", "F"] if f.kind == "sex" else
+                        (["yes", "no"] if f.kind == "bool" else None),
+                        "required": False, "example": _EXAMPLES.get(f.name),
+                        "help": f.label or _HELP.get(f.name, f.name)})
+        return out
+
+    def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                           source: str = "request") -> pd.DataFrame:
+        """Statements table (``label`` NaN) for subjects given as ``{field: value}`` dicts.
+
+        The same validation as the csv source; unknown fields are errors. A
+        :class:`~clinlm.io.DataError` names ``source``, the 1-based record and the field.
+        """
+        from clinlm.vascular.csvsource import parse_frame
+
+        opts = self._record_options(cfg)
+        known = list(opts.columns)
+        check_records(records, known, source)
+        for i, rec in enumerate(records, 1):
+            if all(rec.get(k) in (None, "") for k in known):
+                raise DataError(source, "no field given", row=i)
+        raw = pd.DataFrame([{k: "" if rec.get(k) is None else str(rec.get(k)) for k in known}
+                            for rec in records], columns=list(opts.columns))
+        return self._statements(cfg, parse_frame(raw, opts, source, require_target=False))
+
+    def _record_options(self, cfg: Mapping[str, Any]) -> CsvOptions:
+        """How a user's rows are read: the csv mapping, or the canonical fields."""
+        dl: VascularDownload = self.download_settings(cfg)
+        if dl.source == "csv":
+            return csv_options(dl).model_copy(update={"id_column": None, "group_column": None})
+        from clinlm.vascular.csvsource import KNOWN
+
+        risk = dl.source == "synthetic"
+        target_is_age = dl.source == "ptbxl" and dl.target_column == "age"
+        cols = {}
+        for feat, (name, _unit, _kind, section) in KNOWN.items():
+            if (section == "risk" and not risk) or (feat == "age" and target_is_age):
+                continue
+            if feat == "bmi":  # computed from height and weight
+                continue
+            cols[name] = CsvColumn(feature=feat)
+        return CsvOptions(columns=cols, target_column="vascular_age")
+
+    def _statements(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> pd.DataFrame:
         from clinlm.vascular.statements import build_table as statements_table
 
-        dl: VascularDownload = self.download_settings(cfg)
-        opts = self.statement_settings(cfg).model_dump()
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(path, "file not found")
-        header = pd.read_csv(path, nrows=0).columns
-        if dl.csv_target_column in header:
-            return statements_table(_load_user_csv(dl, path), "vascular_age", **opts)
-        # unlabeled: validate a copy with a placeholder target, report errors on the user's file
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        frame[dl.csv_target_column] = "0"
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / path.name
-            frame.to_csv(copy, index=False)
-            try:
-                raw = _load_user_csv(dl, copy)
-            except DataError as e:
-                prefix = str(DataError(copy, "", e.row, e.column))  # "<copy>, row r, column 'c': "
-                raise DataError(path, str(e).removeprefix(prefix), e.row, e.column) from e
-        table = statements_table(raw, "vascular_age", **opts)
-        table["label"] = np.nan
+        table = statements_table(raw, "vascular_age", **self.statement_settings(cfg).model_dump())
         return table
+
+
+#: what a canonical field is, for the form (``input_fields``)
+_HELP: dict[str, str] = {
+    "age": "age", "sex": "sex (M/F)", "height_cm": "height", "weight_kg": "weight",
+    "sbp_mmhg": "systolic blood pressure", "bp_treated": "blood pressure treated",
+    "total_chol_mgdl": "total cholesterol", "hdl_mgdl": "HDL cholesterol", "smoker": "smoker",
+    "diabetes": "diabetes", "hr_bpm": "heart rate", "pr_ms": "PR interval",
+    "qrs_ms": "QRS duration", "qt_ms": "QT interval", "qtc_ms": "QTc (corrected QT)",
+    "p_axis_deg": "P axis", "qrs_axis_deg": "QRS axis", "t_axis_deg": "T axis",
+    "sdnn_ms": "SDNN (heart-rate variability)", "rmssd_ms": "RMSSD (heart-rate variability)",
+}
+#: example values for the form (``input_fields``), by stored column
+_EXAMPLES: dict[str, Any] = {
+    "age": 58, "sex": "M", "height_cm": 176, "weight_kg": 82, "sbp_mmhg": 135,
+    "bp_treated": "no", "total_chol_mgdl": 210, "hdl_mgdl": 48, "smoker": "no",
+    "diabetes": "no", "hr_bpm": 68, "pr_ms": 160, "qrs_ms": 94, "qt_ms": 398, "qtc_ms": 421,
+    "p_axis_deg": 50, "qrs_axis_deg": 35, "t_axis_deg": 40, "sdnn_ms": 42, "rmssd_ms": 31,
+}
 
 
 def render_images(raw_dir: Path, out_dir: Path, width_px: int, height_px: int) -> dict[str, Any]:

@@ -299,7 +299,8 @@ def test_failed_download_leaves_no_output(tmp_path: Path, small: pd.DataFrame) -
 def test_download_config_errors(tmp_path: Path) -> None:
     out = tmp_path / "raw.csv"
     with pytest.raises(ValueError, match=r"tasks\.noshow\.download\.n_synthtic: unknown key; "
-                                         r"allowed: source, csv_path, n_synthetic"):
+                                         r"allowed: source, csv_path, csv_separator, csv_encoding, "
+                                             r"n_synthetic"):
         download({"source": "synthetic", "n_synthtic": 300}, seed=0, out_csv=out)
     with pytest.raises(ValueError, match=r"n_synthetic: .*greater than or equal to 1"):
         download({"source": "synthetic", "n_synthetic": 0}, seed=0, out_csv=out)
@@ -315,6 +316,6 @@ def test_header_only_csv_is_a_clear_error_at_download(tmp_path: Path) -> None:
     src = tmp_path / "empty.csv"
     src.write_text(",".join(KAGGLE_COLUMNS) + "\n")
     out = tmp_path / "raw" / "appointments.csv"
-    with pytest.raises(DataError, match=r"empty\.csv.*no usable rows"):
+    with pytest.raises(DataError, match=r"empty\.csv.*no data rows"):
         download({"source": "csv", "csv_path": str(src)}, 0, out)
     assert not out.exists()

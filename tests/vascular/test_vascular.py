@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.io import DataError
 from clinlm.vascular import framingham
-from clinlm.vascular.csvsource import canonical_ecg_name, load_csv
 from clinlm.vascular.ecg import FEATURES, extract_features, extract_many
 from clinlm.vascular.render import MAJOR, MINOR, draw_ecg, render_ecg, render_many
 from clinlm.vascular.statements import build_table
@@ -242,76 +240,6 @@ def test_statements_missing_values_and_age_target() -> None:
     assert "f_age" not in build_table(raw2, "target").columns
     with pytest.raises(ValueError, match="age"):
         build_table(raw2, "target", include_age=True)
-
-
-# --------------------------------------------------------------------------------------------
-# CSV source
-# --------------------------------------------------------------------------------------------
-
-_HEADER = "PatientID,Age,Gender,Height_m,Weight,HR,PR_s,QRS duration,QT,QTc,Axis,VascAge\n"
-_GOOD = ("a1,54,M,1.78,82,68,0.160,94,398,423,35,60\n"
-         "a2,61,female,,70,72,0.180,,410,,-20,70.5\n")
-_ECG = {"HR": "bpm", "PR_s": "s", "QRS duration": "ms", "QT": "ms", "QTc": "ms", "Axis": "deg"}
-_DEMO = {"Age": "years", "Gender": "sex", "Height_m": "m", "Weight": "kg"}
-
-
-def _load(path: Path) -> pd.DataFrame:
-    return load_csv(path, "PatientID", "VascAge", _ECG, _DEMO)
-
-
-def test_csv_good(tmp_path: Path) -> None:
-    p = tmp_path / "mine.csv"
-    p.write_text(_HEADER + _GOOD)
-    t = _load(p)
-    assert t["id"].tolist() == ["a1", "a2"]
-    assert t["vascular_age"].tolist() == [60.0, 70.5]
-    assert t["sex"].tolist() == ["M", "F"]
-    assert t.loc[0, "height_cm"] == pytest.approx(178.0)
-    assert t.loc[0, "bmi"] == pytest.approx(82 / 1.78 ** 2)
-    assert math.isnan(t.loc[1, "bmi"]) and math.isnan(t.loc[1, "qrs_ms"])
-    assert t.loc[0, "pr_ms"] == pytest.approx(160.0)
-    for c in ("hr_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "qrs_axis_deg"):
-        assert c in t.columns
-    assert t.attrs["units"]["pr_ms"] == "ms"
-    b = build_table(t, "vascular_age")
-    assert "PR 160 ms" in b["statement"][0] and "QRS axis -20°" in b["statement"][1]
-    assert canonical_ecg_name("QTc (ms)") == "qtc_ms"
-    assert canonical_ecg_name("ST slope") == "ST slope"
-
-
-@pytest.mark.parametrize("bad_row, column, message", [
-    ("b1,50,M,1.70,70,60,0.15,90,400,410,30,\n", "VascAge", "missing target"),
-    ("b1,50,M,1.70,70,60,0.15,abc,400,410,30,55\n", "QRS duration", "not a number"),
-    ("b1,50,M,1.70,70,60,0.15,90,0,410,30,55\n", "QT", "impossible"),
-    ("b1,50,M,1.70,70,60,0.15,90,-5,410,30,55\n", "QT", "impossible"),
-    ("b1,50,M,1.70,70,350,0.15,90,400,410,30,55\n", "HR", "impossible"),
-    ("b1,130,M,1.70,70,60,0.15,90,400,410,30,55\n", "Age", "impossible"),
-    ("b1,50,M,1.70,70,60,0.15,90,400,410,30,150\n", "VascAge", "impossible"),
-    ("b1,50,X,1.70,70,60,0.15,90,400,410,30,55\n", "Gender", "unknown sex"),
-    ("a1,50,M,1.70,70,60,0.15,90,400,410,30,55\n", "PatientID", "duplicate"),
-])
-def test_csv_bad_rows_name_file_row_column(tmp_path: Path, bad_row: str, column: str,
-                                           message: str) -> None:
-    p = tmp_path / "bad.csv"
-    p.write_text(_HEADER + _GOOD + bad_row)  # the bad row is data row 3
-    with pytest.raises(DataError) as ei:
-        _load(p)
-    e = ei.value
-    assert (e.path, e.row, e.column) == (str(p), 3, column)
-    assert message in str(e) and "bad.csv" in str(e) and "row 3" in str(e)
-
-
-def test_csv_first_bad_cell_is_reported_with_count(tmp_path: Path) -> None:
-    p = tmp_path / "bad2.csv"
-    p.write_text(_HEADER + "c1,50,M,1.70,70,10,0.15,90,400,410,30,55\n"
-                 "c2,50,M,1.70,70,60,0.15,90,400,410,30,\n")
-    with pytest.raises(DataError) as ei:
-        _load(p)
-    assert (ei.value.row, ei.value.column) == (1, "HR") and "2 bad cells" in str(ei.value)
-    with pytest.raises(DataError, match="missing columns"):
-        load_csv(p, "PatientID", "Nope", _ECG, _DEMO)
-    with pytest.raises(ValueError, match="unit"):
-        load_csv(p, "PatientID", "VascAge", {"HR": "ms"}, _DEMO)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,12 @@ _ROWS = ("a1,54,M,1.78,82,68,0.160,94,398,423,35,60\n"
          "a2,61,female,,70,72,0.180,,410,,-20,70.5\n"
          "a3,47,F,1.62,58,80,0.140,88,380,425,50,44\n")
 CSV_CFG = {"source": "csv", "id_column": "PatientID", "csv_target_column": "VascAge",
-           "ecg_columns": {"HR": "bpm", "PR_s": "s", "QRS duration": "ms", "QT": "ms",
-                           "QTc": "ms", "Axis": "deg"},
-           "demographic_columns": {"Age": "years", "Gender": "sex", "Height_m": "m",
-                                   "Weight": "kg"}}
+           "columns": {"Age": {"feature": "age"}, "Gender": {"feature": "sex"},
+                       "Height_m": {"feature": "height", "unit": "m"},
+                       "Weight": {"feature": "weight"}, "HR": {"feature": "hr"},
+                       "PR_s": {"feature": "pr", "unit": "s"}, "QRS duration": {"feature": "qrs"},
+                       "QT": {"feature": "qt"}, "QTc": {"feature": "qtc"},
+                       "Axis": {"feature": "qrs_axis", "unit": "deg"}}}
 
 
 def _check_schema(table: pd.DataFrame, n: int) -> None:
@@ -130,7 +132,7 @@ def test_csv_source(tmp_path: Path) -> None:
     assert (tmp_path / "img").is_dir() and not list((tmp_path / "img").iterdir())
 
     # the same file through table_from_csv (clinlm predict): identical table
-    task = {"download": {**CSV_CFG, "source": "synthetic"}, "statements": {}}
+    task = {"download": {**CSV_CFG, "csv_path": str(csv)}, "statements": {}}
     pd.testing.assert_frame_equal(TASK.table_from_csv(task, csv), table)
     # without the target column: label NaN, statements unchanged
     unl = tmp_path / "new.csv"
@@ -139,11 +141,11 @@ def test_csv_source(tmp_path: Path) -> None:
     assert t2["label"].isna().all() and t2["statement"].tolist() == table["statement"].tolist()
     # a bad cell names the user's file (not a temp copy), row and column
     bad = tmp_path / "bad.csv"
-    bad.write_text(_HEADER.replace(",VascAge", "") + "b1,50,M,1.70,70,350,0.15,90,400,410,30\n")
+    bad.write_text(_HEADER.replace(",VascAge", "") + "b1,50,M,1.70,70,800,0.15,90,400,410,30\n")
     with pytest.raises(DataError) as ei:
         TASK.table_from_csv(task, bad)
     assert (ei.value.path, ei.value.row, ei.value.column) == (str(bad), 1, "HR")
-    assert str(ei.value).startswith(f"{bad}, row 1, column 'HR': impossible")
+    assert str(ei.value).startswith(f"{bad}, row 1, column 'HR': outside [10, 700] bpm")
 
 
 @pytest.mark.skipif(not (PTBXL / "ptbxl_database.csv").is_file(),

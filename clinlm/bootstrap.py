@@ -1,0 +1,183 @@
+"""Paired bootstrap intervals for test metrics. Never imports a model.
+
+Every resample is a vector of row counts (a multinomial draw of n rows out of n), so a
+statistic is a weighted statistic of the ORIGINAL rows: ROC-AUC and average precision are
+computed from one sort of the scores and per-tie-group weight sums (vectorized over a block of
+resamples, no Python loop over rows), MAE as a weighted mean. Paired: every model of a
+comparison is scored on the same count vectors (the same resampled rows, matched by ``id``),
+so the interval of a difference reflects only how the models disagree, not which rows were
+drawn. Counts depend only on ``(n, seed, n_boot)``: a rerun gives the same intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Statistic = Callable[[np.ndarray], np.ndarray]  # (b, n) row weights -> (b,) values
+BLOCK = 100  # resamples per block: memory is BLOCK x n floats
+HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "mae": False}
+
+
+def resample_weights(n: int, n_boot: int, seed: int, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap count vectors over ``n`` rows, yielded in blocks of ``(b, n)``."""
+    if n < 1:
+        raise ValueError("bootstrap needs at least one row")
+    rng = np.random.default_rng(seed)
+    p = np.full(n, 1.0 / n)
+    for start in range(0, n_boot, block):
+        yield rng.multinomial(n, p, size=min(block, n_boot - start)).astype(np.float64)
+
+
+def _tie_groups(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row order sorting ``scores`` and the start index of each run of tied scores in it."""
+    order = np.argsort(-scores if descending else scores, kind="mergesort")
+    s = scores[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return order, starts
+
+
+def weighted_roc_auc(scores: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ROC-AUC for each row of weights ``w`` (b, n): P(score_pos > score_neg) + ½ P(tie).
+
+    Equals ``sklearn.metrics.roc_auc_score(y, scores, sample_weight=w[i])``; NaN where a
+    resample holds only one class.
+    """
+    order, starts = _tie_groups(np.asarray(scores, float), descending=False)
+    ys = np.asarray(y, bool)[order]
+    ws = np.atleast_2d(w)[:, order]
+    pos = np.add.reduceat(ws * ys, starts, axis=1)   # weight of positives per tie group
+    neg = np.add.reduceat(ws * ~ys, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg             # negatives strictly below each group
+    num = (pos * (below + 0.5 * neg)).sum(axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def weighted_average_precision(scores: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average precision (PR-AUC, sklearn's step definition) for each row of weights ``w``.
+
+    Equals ``sklearn.metrics.average_precision_score(y, scores, sample_weight=w[i])``.
+    """
+    order, starts = _tie_groups(np.asarray(scores, float), descending=True)
+    ys = np.asarray(y, bool)[order]
+    ws = np.atleast_2d(w)[:, order]
+    pos = np.add.reduceat(ws * ys, starts, axis=1)
+    neg = np.add.reduceat(ws * ~ys, starts, axis=1)
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        total = pos.sum(axis=1)
+        return np.where(total > 0, (pos * precision).sum(axis=1) / total, np.nan)
+
+
+def weighted_mae(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mean absolute error for each row of weights ``w`` (b, n)."""
+    w = np.atleast_2d(w)
+    return w @ np.abs(np.asarray(y_pred, float) - np.asarray(y_true, float)) / w.sum(axis=1)
+
+
+def task_statistics(task_type: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Statistic]:
+    """The bootstrapped metrics of one model: ROC-AUC and PR-AUC of ``p_yes`` against
+    ``y_true == "Yes"`` (classification) or MAE of ``y_pred`` (regression)."""
+    if task_type == "classification":
+        y = np.asarray(y_true) == "Yes"
+        return {"roc_auc": lambda w: weighted_roc_auc(pred, y, w),
+                "pr_auc": lambda w: weighted_average_precision(pred, y, w)}
+    return {"mae": lambda w: weighted_mae(y_true, pred, w)}
+
+
+def bootstrap(stats: Mapping[str, Statistic], n: int, n_boot: int = 1000,
+              seed: int = 0) -> dict[str, np.ndarray]:
+    """Each statistic over the SAME ``n_boot`` resamples of the ``n`` rows: ``{name: (n_boot,)}``."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in stats}
+    for w in resample_weights(n, n_boot, seed):
+        for k, f in stats.items():
+            out[k].append(f(w))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` percentile interval of bootstrap values (NaN resamples skipped)."""
+    a = (1 - level) / 2
+    lo, hi = np.nanquantile(np.asarray(values, float), [a, 1 - a])
+    return [float(lo), float(hi)]
+
+
+def verdict(diff_interval: list[float], higher_is_better: bool) -> str:
+    """"no difference" when the interval of (model - baseline) contains 0, else better/worse."""
+    lo, hi = diff_interval
+    if lo <= 0 <= hi:
+        return "no difference"
+    return "better" if (lo > 0) == higher_is_better else "worse"
+
+
+def aligned(preds: Mapping[str, pd.DataFrame], column: str) -> tuple[pd.Index, dict[str, np.ndarray], np.ndarray]:
+    """Every run's ``column`` on one common row order, matched by ``id``.
+
+    ``preds``: run name -> predictions CSV table (``id``, ``y_true``, ``column``), in any row
+    order. A run with a duplicated id, or whose ids differ from the first run's, is an error
+    naming the run; rows any run could not score (NaN) are left out for all (paired).
+    Returns (ids used, {run: values}, y_true).
+    """
+    names = list(preds)
+    if not names:
+        raise ValueError("no predictions to compare")
+    tables = {}
+    for name, df in preds.items():
+        if column not in df.columns or "id" not in df.columns:
+            raise ValueError(f"{name}: predictions need columns id and {column}; "
+                             f"got {list(df.columns)}")
+        ids = df["id"].astype(str)
+        dup = ids[ids.duplicated()]
+        if len(dup):
+            raise ValueError(f"{name}: duplicated id(s) in its predictions, e.g. {dup.iloc[0]!r}")
+        tables[name] = df.assign(id=ids).set_index("id")
+    ref = names[0]
+    ref_ids = tables[ref].index
+    for name in names[1:]:
+        missing = ref_ids.difference(tables[name].index)
+        extra = tables[name].index.difference(ref_ids)
+        if len(missing) or len(extra):
+            raise ValueError(
+                f"{name}: its predictions do not cover the same test rows as {ref}: "
+                f"{len(missing)} row(s) missing (e.g. {list(missing[:3])}), "
+                f"{len(extra)} extra (e.g. {list(extra[:3])}); rerun its predict stage")
+    ids = ref_ids.sort_values()
+    values = {k: t.loc[ids, column].to_numpy(float) for k, t in tables.items()}
+    ok = np.logical_and.reduce([~np.isnan(v) for v in values.values()])
+    ids = ids[ok]
+    return ids, {k: v[ok] for k, v in values.items()}, tables[ref].loc[ids, "y_true"].to_numpy()
+
+
+def compare_runs(task_type: str, preds: Mapping[str, pd.DataFrame], baseline: str | None,
+                 n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per run: ``ci95`` of its metrics and, against ``baseline``, the paired ``vs_baseline``
+    difference (run - baseline) with its interval and verdict. Rows matched by ``id``."""
+    column = "p_yes" if task_type == "classification" else "y_pred"
+    ids, values, y = aligned(preds, column)
+    if task_type == "regression":
+        y = y.astype(float)
+    stats = {(run, metric): f for run, v in values.items()
+             for metric, f in task_statistics(task_type, y, v).items()}
+    ones = np.ones((1, len(ids)))
+    point = {k: float(f(ones)[0]) for k, f in stats.items()}
+    boot = bootstrap(stats, len(ids), n_boot, seed)
+    out: dict[str, dict[str, Any]] = {}
+    for run in values:
+        metrics = [m for r, m in stats if r == run]
+        res: dict[str, Any] = {"n_rows": int(len(ids)), "n_boot": n_boot,
+                               "point": {m: point[run, m] for m in metrics},
+                               "ci95": {m: percentile_interval(boot[run, m]) for m in metrics}}
+        if baseline is not None and run != baseline:
+            res["vs_baseline"] = {}
+            for m in metrics:
+                ci = percentile_interval(boot[run, m] - boot[baseline, m])
+                res["vs_baseline"][m] = {"diff": point[run, m] - point[baseline, m], "ci95": ci,
+                                         "verdict": verdict(ci, HIGHER_IS_BETTER[m])}
+        out[run] = res
+    return out
