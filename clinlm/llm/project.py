@@ -41,7 +41,9 @@ def token_logits(lm_head: Any, hidden: np.ndarray, token_ids: list[int]) -> np.n
     """Logits of ``token_ids`` only, from final hidden states ``(n, hidden)``: ``h @ W[ids].T (+ b)``."""
     import torch
     w = lm_head.weight[token_ids].float()
-    logits = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)).to(w.device) @ w.T
-    if getattr(lm_head, "bias", None) is not None:
-        logits = logits + lm_head.bias[token_ids].float()
-    return logits.detach().cpu().numpy()
+    h = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)).to(w.device)
+    with torch.autocast(w.device.type, enabled=False):  # a few logits: exact fp32, always
+        logits = h @ w.T
+        if getattr(lm_head, "bias", None) is not None:
+            logits = logits + lm_head.bias[token_ids].float()
+    return logits.float().detach().cpu().numpy()

@@ -208,6 +208,18 @@ def test_auto_trains_and_predicts_in_bf16(tiny_llama, tmp_path, monkeypatch, cap
     assert ((p > 0) & (p < 1)).all()
     assert abs(p - q).max() < 0.02, (p, q)  # bf16 rounding, not a different model
 
+    # numeric answers under bf16 autocast: the few digit logits stay exact fp32 numpy
+    from clinlm.llm.numeric import decode_numeric
+    from clinlm.llm.scorer import Scorer
+    from clinlm.methods.sft import prompt_texts
+
+    run.cfg["predict"]["merge_adapter"] = True
+    scorer = Scorer.from_run(run.model_dir, run.cfg)
+    est = decode_numeric(scorer, prompt_texts(scorer.tok, df["statement"].tolist(),
+                                              run.task_cfg), 18, 40)
+    assert ((est["y_lo"] <= est["y_pred"]) & (est["y_pred"] <= est["y_hi"])).all()
+    assert ((est["y_pred"] >= 18) & (est["y_pred"] <= 40)).all()
+
 
 def test_bf16_merge_of_repacked_4bit_weights(tiny_llama, monkeypatch):
     """After an eval forward (bnb may repack 4-bit weights for its bf16 CPU kernel, now kept
