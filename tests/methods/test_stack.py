@@ -149,6 +149,7 @@ def test_end_to_end_tiny_sft_and_gbdt(tiny_llama, tmp_path, monkeypatch):
     assert list(out["id"]) == list(test["id"]) and out["p_yes"].between(0, 1).all()
     assert set(out["y_pred"]) <= {"Yes", "No"}
     # another table goes through the members' own predict (params name the member runs)
+    import clinlm.runs  # noqa: F401 -- imported before the patch, so it keeps the real load_params
     monkeypatch.setattr("clinlm.params.load_params", lambda *a, **k: {})
     monkeypatch.setattr("clinlm.runs.make_run",
                         lambda name, params: {"noshow-tiny": llm, "noshow-gbdt": base}[name])
