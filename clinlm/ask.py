@@ -134,7 +134,8 @@ class Predictor:
         table = self.table(records, source)
         with self._lock:
             out = self._score(table)
-        res = shape(self.run, table, out, self.threshold)
+        from clinlm.predict import shape_predictions
+        res = shape_predictions(self.run, table, out, self.threshold)
         return answers(self.run.task_type, table, res, self.threshold)
 
 
@@ -160,12 +161,6 @@ def _load_scorer(run: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
         scorer = Scorer.from_run(run.model_dir, run.cfg)
         return lambda df: score_rows(scorer, run, df)
     return lambda df: method.predict(run, df)
-
-
-def shape(run: Any, table: pd.DataFrame, out: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """A method's predict rows -> the one predictions schema (:func:`predict_table`'s)."""
-    from clinlm.predict import shape_predictions
-    return shape_predictions(run, table, out, threshold)
 
 
 def _num(x: Any) -> float | None:

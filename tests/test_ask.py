@@ -14,7 +14,8 @@ import sys
 import pandas as pd
 import pytest
 
-from clinlm.ask import AskError, Predictor, format_text, main, shape
+from clinlm.ask import AskError, Predictor, format_text, main
+from clinlm.predict import shape_predictions
 from tests.conftest import ROOT
 from tests.serve_project import SFT_RUN, build_project
 
@@ -82,7 +83,7 @@ def test_loaded_model_scores_like_predict_table(in_project, run):
 
     p = Predictor(run)
     table = pd.read_parquet(in_project / "data" / "interim" / p.run.task / "table.parquet").head(6)
-    got = shape(p.run, table, p._score(table), p.threshold)
+    got = shape_predictions(p.run, table, p._score(table), p.threshold)
     ref = predict_table(p.run, table, p.threshold)
     pd.testing.assert_frame_equal(got, ref[got.columns], check_exact=False, rtol=1e-5)
     assert got.notna().all().all() or p.run.task_type == "classification"

@@ -377,8 +377,8 @@ def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
         elif f.kind in ("sex", "bool"):
             meaning = _SEX_CODES if f.kind == "sex" else _BOOL_CODES
             codes = _codes(f.codes) if f.codes is not None else {k: k for k in meaning}
-            norm = _norm(txt)
-            unknown = ~gone & norm.map(codes).isna()
+            given = _norm(txt).map(codes)  # raw value -> its meaning's text
+            unknown = ~gone & given.isna()
             if f.kind == "sex" and f.codes is None:  # 0/1 differ between tables: never guess
                 numeric = unknown & pd.to_numeric(txt, errors="coerce").notna()
                 problems.add(numeric, f.column, "sex given as a number", txt,
@@ -386,7 +386,7 @@ def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
                 unknown &= ~numeric
             problems.add(unknown, f.column, f"unknown {f.kind} value", txt,
                          f"known: {sorted(codes)}; map the others in {key}.codes")
-            stored = norm.map(codes).str.lower().map(meaning)
+            stored = given.str.lower().map(meaning)
             out[f.name] = stored.where(~gone).to_numpy()
         else:  # category
             if f.codes is not None:

@@ -312,8 +312,7 @@ class VascularAgeTask(Task):
     def _statements(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> pd.DataFrame:
         from clinlm.vascular.statements import build_table as statements_table
 
-        table = statements_table(raw, "vascular_age", **self.statement_settings(cfg).model_dump())
-        return table
+        return statements_table(raw, "vascular_age", **self.statement_settings(cfg).model_dump())
 
 
 #: what a canonical field is, for the form (``input_fields``)
