@@ -31,7 +31,13 @@ pipeline has split the Kaggle file:
         --checkpoints 2000 4000 8000 16000 --budget-minutes 90 --eval-rows 2000 --final-eval all \
         -S models.smollm2-sft.training.per_device_train_batch_size=8
 
-Rerun the same command after a kill to resume. ``--max-rows``: about the rows 90 minutes can
+Rerun the same command after a kill to resume. ``--score-threads 2`` scores with more torch
+threads than the run trained with (e.g. trained with 1 thread beside another job, scored alone);
+it is not a recorded setting, so a resumed run may change it. ``--stack-holdout N`` also fits
+the stack (``clinlm.methods.stack``: logistic regression on both models' logits) on N training
+rows the LLM never saw, the baseline's scores on them out-of-fold, and scores it on the final
+point's test rows against the baseline (paired bootstrap); rerun with it after a finished curve
+to add only the stack. ``--max-rows``: about the rows 90 minutes can
 see (rows/s x 5,400 s; ~2.3 s per step of 8 rows measured on a shared 2-core Zen 5), so the
 schedule ends near the budget. On a machine shared with another job give the run one thread
 (``-S models.smollm2-sft.torch_threads=1``): two 2-thread jobs on 2 cores ran 15x slower.
@@ -59,6 +65,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,9 +370,10 @@ def paired_scores(pred: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int
 
 def score_points(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, res: Results,
                  *, eval_rows: int | None, final_eval: str, n_boot: int, chunk_rows: int,
-                 threshold: float) -> None:
+                 threshold: float, score_threads: int | None = None) -> None:
     """The baseline (trained once on all of ``train``) and every checkpoint, on the fixed
-    evaluation rows; the final checkpoint also on all of ``test`` (``final_eval == "all"``)."""
+    evaluation rows; the final checkpoint also on all of ``test`` (``final_eval == "all"``).
+    ``score_threads``: torch threads for scoring (default: the run's ``torch_threads``)."""
     from clinlm.predict import predict_table
     evald = eval_subset(test, eval_rows, lrun)
     work = lrun.model_dir.parent
@@ -382,7 +390,7 @@ def score_points(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, 
         sets = {"eval": evald}
         if "final" in p["labels"] and final_eval == "all":
             sets = {"all": test, "eval": evald}
-        prun = variant_run(lrun, ROOT / p["dir"])
+        prun = point_run(lrun, p, score_threads)
         for which, df in sets.items():
             if which in p["scores"]:
                 continue
@@ -396,8 +404,79 @@ def score_points(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, 
             seconds = time.time() - t0
             p["scores"][which] = {**paired_scores(pred, base, n_boot, lrun.seed),
                                   "score_seconds": round(seconds, 1),
+                                  "score_threads": prun.cfg.get("torch_threads"),
                                   "rows_per_second": round(len(df) / max(seconds, 1e-9), 2)}
             res.save()
+
+
+def point_run(lrun: Run, point: dict[str, Any], score_threads: int | None = None) -> Run:
+    """The run that scores a saved point (its adapter), with ``score_threads`` torch threads."""
+    over = {"torch_threads": score_threads} if score_threads else {}
+    return variant_run(lrun, ROOT / point["dir"], **over)
+
+
+# ---- the stack on the final checkpoint ---------------------------------------------------
+
+def stack_final(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, res: Results,
+                *, n_holdout: int, folds: int, n_boot: int, chunk_rows: int, threshold: float,
+                score_threads: int | None = None) -> None:
+    """``method: stack`` (``clinlm.methods.stack``) on the final checkpoint: the combiner is
+    fitted on ``n_holdout`` TRAINING rows outside the LLM's subsample (its LLM scores from the
+    final adapter, the baseline's out-of-fold), then applied to the test predictions of the
+    final point and the baseline; scored against the baseline with the paired bootstrap.
+    Resumable: the holdout scores are saved (``<work>/stack``) before the combiner is fitted."""
+    from clinlm.methods.stack import (
+        Combiner,
+        baseline_oof,
+        cross_validated,
+        holdout_metrics,
+        llm_coefficient,
+        member_features,
+        select_holdout,
+    )
+    if res.data.get("stack", {}).get("test"):
+        return
+    final = next(p for p in res.data["points"] if "final" in p["labels"])
+    which = "all" if "all" in final["scores"] else "eval"
+    work = lrun.model_dir.parent / "stack"
+    work.mkdir(parents=True, exist_ok=True)
+    holdout, llm_ids = select_holdout(train, lrun, n_holdout, lrun.seed,
+                                      set(test["id"].astype(str)))
+    y = holdout["label"].eq("Yes").to_numpy(float)
+    t0 = time.time()
+    llm = predict_chunks(point_run(lrun, final, score_threads), holdout,
+                         work / "llm_holdout.csv", chunk_rows, threshold)["p_yes"].to_numpy(float)
+    llm_seconds = time.time() - t0
+    oof_path = work / "baseline_oof.csv"
+    if not oof_path.exists():
+        oof = baseline_oof(brun, train, holdout, folds, lrun.seed)
+        write_csv(oof_path, pd.DataFrame({"id": holdout["id"].astype(str), "p_yes": oof}))
+    base_h = pd.read_csv(oof_path, dtype={"id": str})["p_yes"].to_numpy(float)
+    ok = ~(np.isnan(llm) | np.isnan(base_h))
+    x, y = member_features(CLASSIFICATION, llm[ok], base_h[ok]), y[ok]
+    comb = Combiner.fit(CLASSIFICATION, x, y)
+    cv = cross_validated(CLASSIFICATION, x, y, folds, lrun.seed)
+    # the test rows: the final point's and the baseline's saved predictions, matched by id
+    pred = pd.read_csv(ROOT / final["dir"] / f"pred_{which}.csv", dtype={"id": str})
+    base = pd.read_csv(lrun.model_dir.parent / f"{brun.model}_test.csv", dtype={"id": str})
+    b = base.set_index("id").loc[pred["id"], "p_yes"].to_numpy(float)
+    p_llm = pred["p_yes"].to_numpy(float)
+    s = np.full(len(pred), np.nan)
+    good = ~(np.isnan(p_llm) | np.isnan(b))
+    s[good] = comb.score(member_features(CLASSIFICATION, p_llm[good], b[good]))
+    stack_pred = pred[["id", "y_true"]].assign(p_yes=s)
+    write_csv(work / f"stack_{which}.csv", stack_pred)
+    res.data["stack"] = {
+        "n_holdout": int(ok.sum()), "n_holdout_failed": int((~ok).sum()), "folds": folds,
+        "n_llm_train_rows": len(llm_ids), "llm_holdout_seconds": round(llm_seconds, 1),
+        "combiner": {"intercept": comb.intercept,
+                     "coef": dict(zip(["llm", "baseline"], comb.coef.tolist(), strict=True)),
+                     "inputs": "standardised logits"},
+        "llm_coef": llm_coefficient(CLASSIFICATION, x, y, n_boot, lrun.seed),
+        "holdout_metrics": holdout_metrics(CLASSIFICATION, y, {
+            "llm": llm[ok], "baseline": base_h[ok], "stack (cross-validated)": cv}),
+        "test": {which: paired_scores(stack_pred, base, n_boot, lrun.seed)}}
+    res.save()
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -434,6 +513,20 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_ci(s['pr_auc'], s['pr_auc_ci95'])} | "
                 f"{_ci(s['baseline']['roc_auc'], s['baseline']['roc_auc_ci95'])} | "
                 f"{_ci(d['diff'], d['ci95'])} ({d['verdict']}) |")
+    st = data.get("stack") or {}
+    for s in (st.get("test") or {}).values():
+        d = s["vs_baseline"]["roc_auc"]
+        lines.append(
+            f"| stack (final + {data['spec'].get('baseline')}) | | | | {s['n_rows']:,} | "
+            f"{_ci(s['roc_auc'], s['roc_auc_ci95'])} | {_ci(s['pr_auc'], s['pr_auc_ci95'])} | "
+            f"{_ci(s['baseline']['roc_auc'], s['baseline']['roc_auc_ci95'])} | "
+            f"{_ci(d['diff'], d['ci95'])} ({d['verdict']}) |")
+    if st:
+        c = st["llm_coef"]
+        lines += ["", f"Stack: logistic regression on both models' logits, fitted on "
+                  f"{st['n_holdout']:,} training rows the LLM never saw (baseline out-of-fold, "
+                  f"{st['folds']} folds); LLM coefficient {_ci(c['value'], c['ci95'])} per SD: "
+                  f"{c['verdict']}."]
     b = data.get("baseline") or {}
     if b:
         lines += ["", f"Baseline: {b['name']} trained on {b['n_train']:,} rows (the whole training "
@@ -448,7 +541,8 @@ def run_curve(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, *, 
               max_rows: int | None, checkpoints: list[int], budget_minutes: float,
               eval_rows: int | None, final_eval: str = "all", n_boot: int = 1000,
               chunk_rows: int = 1000, threshold: float = 0.5, name: str | None = None,
-              extra_callbacks: list | None = None) -> dict[str, Any]:
+              extra_callbacks: list | None = None, score_threads: int | None = None,
+              stack_holdout: int | None = None, stack_folds: int = 5) -> dict[str, Any]:
     """Train ``lrun`` to the budget (or resume), score every checkpoint and the baseline
     ``brun``; results in ``out`` (JSON) and ``out.with_suffix('.md')``. ``lrun.model_dir``'s
     parent is the work folder (trainer checkpoints, points, predictions)."""
@@ -474,7 +568,12 @@ def run_curve(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, *, 
     if not res.data["training"]["done"]:
         train_to_budget(lrun, train, res, budget_minutes * 60, checkpoints, extra_callbacks)
     score_points(lrun, brun, train, test, res, eval_rows=eval_rows, final_eval=final_eval,
-                 n_boot=n_boot, chunk_rows=chunk_rows, threshold=threshold)
+                 n_boot=n_boot, chunk_rows=chunk_rows, threshold=threshold,
+                 score_threads=score_threads)
+    if stack_holdout:
+        stack_final(lrun, brun, train, test, res, n_holdout=stack_holdout, folds=stack_folds,
+                    n_boot=n_boot, chunk_rows=chunk_rows, threshold=threshold,
+                    score_threads=score_threads)
     res.save()
     return res.data
 
@@ -501,6 +600,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="params override (YAML value), e.g. "
                     "models.smollm2-sft.training.learning_rate=0.0005")
+    ap.add_argument("--score-threads", type=int, default=None,
+                    help="torch threads for scoring (not a recorded setting: a resumed run may "
+                    "score with more threads than it trained with)")
+    ap.add_argument("--stack-holdout", type=int, default=None, metavar="N",
+                    help="also fit the stack (clinlm.methods.stack) on N training rows the LLM "
+                    "never saw and score it on the final point's test rows")
+    ap.add_argument("--stack-folds", type=int, default=5, help="the stack's out-of-fold parts")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--work", type=Path, default=None, help="default data/budget_curve/<out stem>")
     ap.add_argument("--out", type=Path, default=None, help="default bench/budget_curve_<task>.json")
@@ -520,7 +626,8 @@ def main(argv: list[str] | None = None) -> None:
                      max_rows=args.max_rows or max(args.checkpoints), checkpoints=args.checkpoints,
                      budget_minutes=args.budget_minutes, eval_rows=args.eval_rows,
                      final_eval=args.final_eval, n_boot=args.n_boot, chunk_rows=args.chunk_rows,
-                     threshold=params["predict"]["threshold"])
+                     threshold=params["predict"]["threshold"], score_threads=args.score_threads,
+                     stack_holdout=args.stack_holdout, stack_folds=args.stack_folds)
     print(markdown(data))
 
 

@@ -39,11 +39,12 @@ def _runs(base: Path, work: Path) -> tuple[Run, Run]:
     return lrun, brun
 
 
-def _curve(base, work, split, budget_minutes=60.0, extra_callbacks=None):
+def _curve(base, work, split, budget_minutes=60.0, extra_callbacks=None, **kw):
     lrun, brun = _runs(base, work)
     return run_curve(lrun, brun, *split, out=work / "curve.json", max_rows=ROWS,
                      checkpoints=CHECKPOINTS, budget_minutes=budget_minutes, eval_rows=20,
-                     final_eval="all", n_boot=200, chunk_rows=15, extra_callbacks=extra_callbacks)
+                     final_eval="all", n_boot=200, chunk_rows=15, extra_callbacks=extra_callbacks,
+                     **kw)
 
 
 def _adapter(point_dir: Path) -> dict:
@@ -97,6 +98,37 @@ def test_checkpoints_at_rows_seen_scored_against_the_baseline(full):
     assert saved["spec"]["max_rows"] == ROWS and saved["spec"]["checkpoints"] == CHECKPOINTS
     md = (work / "curve.md").read_text()
     assert "| 16 | 16 |" in md and "| final | 48 |" in md and md.count("\n| ") == 5
+
+
+@pytest.mark.slow
+def test_stack_on_the_final_point_fitted_on_rows_the_llm_never_saw(tiny_llama, split, full,
+                                                                    monkeypatch):
+    from clinlm.methods.base import subsample
+    _, work = full
+    data = _curve(tiny_llama, work, split, stack_holdout=60, score_threads=1)
+    st, (train, test) = data["stack"], split
+    lrun, _ = _runs(tiny_llama, work)
+    seen = set(subsample(train, ROWS, lrun.seed, lrun.task_type)["id"].astype(str))
+    held = pd.read_csv(work / "stack" / "llm_holdout.csv", dtype={"id": str})
+    oof = pd.read_csv(work / "stack" / "baseline_oof.csv", dtype={"id": str})
+    assert len(held) == 60 and held["id"].tolist() == oof["id"].tolist()
+    assert not set(held["id"]) & seen and not set(held["id"]) & set(test["id"].astype(str))
+    assert set(held["id"]) <= set(train["id"].astype(str))
+    assert st["n_holdout"] == 60 and st["n_llm_train_rows"] == ROWS and st["folds"] == 5
+    lo, hi = st["llm_coef"]["ci95"]
+    assert lo <= st["llm_coef"]["value"] <= hi and st["llm_coef"]["verdict"]
+    s = st["test"]["all"]  # the final point's whole-test predictions, combined
+    assert s["n_rows"] == 40 and 0 <= s["roc_auc"] <= 1 and "diff" in s["vs_baseline"]["roc_auc"]
+    pred = pd.read_csv(work / "stack" / "stack_all.csv", dtype={"id": str})
+    assert pred["id"].tolist() == test["id"].astype(str).tolist() and pred["p_yes"].between(0, 1).all()
+    assert "| stack (final + gbdt) |" in (work / "curve.md").read_text()
+
+    # done once: a rerun trains, scores and refits nothing
+    def boom(*a, **k):
+        raise AssertionError("nothing should run again")
+    monkeypatch.setattr("clinlm.predict.predict_table", boom)
+    monkeypatch.setattr("clinlm.methods.stack.baseline_oof", boom)
+    assert _curve(tiny_llama, work, split, stack_holdout=60)["stack"] == st
 
 
 @pytest.mark.slow

@@ -26,11 +26,20 @@ def local_device() -> Any:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (``taskset``, cgroup cpusets), which
+    ``os.cpu_count()`` ignores -- two threads pinned to one core run far slower than one."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def set_threads(n: int | None) -> None:
-    """Use ``n`` intra-op threads (default: all cores, split between local processes)."""
+    """Use ``n`` intra-op threads (default: every usable core, split between local processes)."""
     import torch
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(n or max(1, (os.cpu_count() or 1) // local))
+    torch.set_num_threads(n or max(1, usable_cores() // local))
 
 
 def resolve_dtype(name: str | None):  # -> torch.dtype | None

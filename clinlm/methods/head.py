@@ -25,6 +25,17 @@ Params keys (``models.<m>``, method ``head``; defaults in :mod:`clinlm.config`):
   * ``class_weights``: ``null`` (plain cross-entropy) or ``"balanced"``: each class weighted
     by ``n_rows / (2 * n_rows_in_class)`` over the training rows used (inverse class
     frequency, for imbalanced labels such as no-shows). Classification only.
+  * ``head_init``: ``probe`` starts the head at a linear probe -- ridge regression
+    (regression) or logistic regression (classification) of the training targets on the base
+    model's pooled last hidden states of up to ``head_init_rows`` training rows (one forward
+    pass, no gradients; the penalty chosen by cross-validation on those rows) -- then
+    fine-tunes as usual ("LP-FT", Kumar et al. 2022). ``random``: transformers' random init.
+    ``auto`` (default): ``probe`` for regression, ``random`` for classification. Why: a random
+    regression head outputs ~0 (the target mean) and, in a short CPU fine-tune, its scale grows
+    more slowly than the LoRA body changes, so predictions stay shrunk towards the mean (the
+    synthetic default: MAE 15.0 random, 10.9 probe, 40 steps); a classification head starts at
+    p = 0.5 and needs no scale, and the probe did not help it (synthetic no-show ROC-AUC 0.588
+    random, 0.516 probe; Kaggle, 2,000 rows: 0.687 probe, level with sft).
   * ``predict.max_length`` is also the training truncation length.
   * the rest as every LLM method (``base``, ``dtype``, ``bnb``, ``lora``, ``training``, ...).
 
@@ -44,6 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import PositiveInt
 
 from clinlm.llm.config import LLMConfig
 from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run, subsample
@@ -57,6 +69,8 @@ META_FILE = "head.json"
 class HeadModelConfig(LLMConfig):
     method: Literal["head"]
     class_weights: Literal["balanced"] | None = None
+    head_init: Literal["auto", "probe", "random"] = "auto"
+    head_init_rows: PositiveInt = 1000
 
 
 @dataclass
@@ -163,6 +177,75 @@ def head_logits(model, tok, texts: list[str], batch_size: int = 32, max_length: 
     return out
 
 
+def pooled_states(model, tok, ids: list[list[int]], batch_size: int = 32,
+                  autocast_dtype: str | None = None) -> np.ndarray:
+    """(n, hidden) float64: the transformer body's final hidden state at each row's last token
+    -- what the head sees (right padding: the last attended position)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from clinlm.llm.scorer import autocast
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    order = np.argsort([len(e) for e in ids], kind="stable")
+    dev = next(model.parameters()).device
+    out = np.zeros((len(ids), int(base.config.hidden_size)), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(model, autocast_dtype):
+        for start in tqdm(range(0, len(order), batch_size), desc="head probe", unit="batch"):
+            idx = order[start:start + batch_size]
+            batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            mask = batch["attention_mask"].to(dev)
+            h = body(input_ids=batch["input_ids"].to(dev), attention_mask=mask).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            out[idx] = h[torch.arange(len(idx), device=dev), last].float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def resolve_head_init(head_init: str, task_type: str) -> str:
+    """``auto`` -> ``probe`` for regression, ``random`` for classification (module docstring)."""
+    if head_init != "auto":
+        return head_init
+    return "random" if task_type == CLASSIFICATION else "probe"
+
+
+def probe_weights(x: np.ndarray, y: np.ndarray, task_type: str, seed: int = 0
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Head weights (num_labels, hidden) of a linear probe on pooled states ``x``, without a
+    bias (the Llama-family head has none): ridge on the standardised regression target, or
+    a logistic regression whose +/- half coefficients are the two class rows (softmax of the
+    rows = the probe's sigmoid). The penalty is chosen by 5-fold cross-validation."""
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+
+    if task_type == CLASSIFICATION:
+        clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7).tolist(), cv=5, fit_intercept=False,
+                                   max_iter=2000, random_state=seed).fit(x, y)
+        beta = clf.coef_[0]
+        return np.stack([-beta / 2, beta / 2]), {"C": float(clf.C_[0])}
+    reg = RidgeCV(alphas=np.logspace(-2, 5, 15), fit_intercept=False).fit(x, y)
+    return reg.coef_.reshape(1, -1), {"alpha": float(reg.alpha_)}
+
+
+def init_head_from_probe(model, heads: list[str], weights: np.ndarray) -> int:
+    """Copy the probe's weights into the trainable head (peft's ``modules_to_save`` copy, and
+    the original so both agree); returns how many weight tensors were set."""
+    import torch
+    n = 0
+    for name, module in model.named_modules():
+        leaf = name.split(".")
+        if isinstance(module, torch.nn.Linear) and any(h in leaf for h in heads) and \
+                tuple(module.weight.shape) == weights.shape:
+            with torch.no_grad():
+                module.weight.copy_(torch.as_tensor(weights, dtype=module.weight.dtype))
+            n += 1
+    if not n:
+        raise RuntimeError(f"head_init: no {weights.shape} linear layer found under {heads}")
+    return n
+
+
 def _tokenizer(path: str | Path):
     from clinlm.llm.load import load_tokenizer
     return load_tokenizer(path, padding_side="right", truncation_side="left")
@@ -238,6 +321,9 @@ class HeadMethod(Method):
                            **_head_kwargs(run.task_type, num_labels, tok.pad_token_id))
         heads = head_module_names(model.get_base_model())
         cw = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+        probe = None
+        if resolve_head_init(cfg["head_init"], run.task_type) == "probe":
+            probe = self._probe_init(run, model, tok, ids, np.asarray(labels), heads)
 
         def loss_fn(model, inputs):
             inputs = dict(inputs)
@@ -254,10 +340,26 @@ class HeadMethod(Method):
                             n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta})
         self.model, self.tok, self.meta = trainer.model.eval(), tok, meta
         info.update(n_train=len(df), n_train_available=len(train_df), head_modules=heads,
-                    class_weights=weights)
+                    class_weights=weights, head_init=probe or {"method": "random"})
         if scaler is not None:
             info.update(target_mean=scaler.mean, target_std=scaler.std)
         return info
+
+    @staticmethod
+    def _probe_init(run: Run, model, tok, ids: list[list[int]], y: np.ndarray,
+                    heads: list[str]) -> dict[str, Any]:
+        """``head_init: probe``: fit the probe on up to ``head_init_rows`` training rows (a
+        seeded draw) and copy it into the head; returns what was done, for train_info."""
+        from clinlm.llm.scorer import autocast_dtype
+        cfg = run.cfg
+        rng = np.random.default_rng(run.seed)
+        n = min(len(ids), cfg["head_init_rows"])
+        pick = np.sort(rng.choice(len(ids), n, replace=False))
+        x = pooled_states(model, tok, [ids[i] for i in pick], cfg["predict"]["batch_size"],
+                          autocast_dtype(cfg))
+        w, penalty = probe_weights(x, y[pick], run.task_type, run.seed)
+        init_head_from_probe(model, heads, w)
+        return {"method": "probe", "rows": n, **penalty}
 
     def load(self, run: Run) -> tuple[Any, Any, dict[str, Any]]:
         """(model, tokenizer, meta) from ``run.model_dir``: base as in training + the adapter."""

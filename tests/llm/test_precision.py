@@ -273,3 +273,26 @@ def test_head_method_runs_in_bf16(tmp_path, tiny_llama, monkeypatch):
     assert info["precision"]["resolved"] == "bfloat16"
     out = HeadMethod().predict(run, waits_rows(5))
     assert isinstance(out, pd.DataFrame) and out["p_yes"].between(0, 1).all()
+
+
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    """``torch_threads: null`` uses the cores the process may run on (taskset / cpusets), split
+    between the local processes of a distributed launch."""
+    import os
+
+    import torch
+
+    from clinlm.llm import builders
+    n0 = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+        builders.set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        builders.set_threads(None)
+        assert torch.get_num_threads() == 2
+        builders.set_threads(3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(n0)

@@ -155,6 +155,14 @@ def test_balanced_loss_differs_on_imbalanced_batch() -> None:
         balanced_class_weights(np.zeros(5, dtype=int))
 
 
+def test_head_init_auto_probes_regression_only() -> None:
+    from clinlm.methods.head import resolve_head_init
+    assert resolve_head_init("auto", REGRESSION) == "probe"
+    assert resolve_head_init("auto", CLASSIFICATION) == "random"
+    assert resolve_head_init("probe", CLASSIFICATION) == "probe"
+    assert resolve_head_init("random", REGRESSION) == "random"
+
+
 def test_texts_and_registry() -> None:
     assert head_texts(["A."], "Q?") == ["A.\nQ?"] and head_texts(["A."], None) == ["A."]
     assert isinstance(get_method("head"), HeadMethod)
@@ -279,3 +287,54 @@ def test_ddp_head_trains_once_and_only_rank0_writes(tiny_base: str, tmp_path: Pa
     assert info["last_loss"] < info["first_loss"]
     assert ranks[0]["written"] and not ranks[1]["written"]
     assert json.loads((run.model_dir / META_FILE).read_text())["num_labels"] == 2
+
+
+@pytest.mark.parametrize("task_type", [REGRESSION, CLASSIFICATION])
+def test_probe_init_starts_the_head_at_the_linear_probe(tiny_base: str, tmp_path: Path,
+                                                        task_type: str) -> None:
+    """learning_rate 0: the trained model IS its initialisation. With head_init probe the head
+    reproduces the probe fitted on the pooled states (and beats transformers' random init on
+    the same rows); with random the outputs stay near the target mean / chance."""
+    from sklearn.metrics import roc_auc_score
+
+    from clinlm.methods.head import pooled_states, probe_weights
+
+    df = ages_table() if task_type == REGRESSION else waits_table()
+    scores = {}
+    for init in ("probe", "random"):
+        cfg = make_cfg(tiny_base, epochs=1)
+        cfg.update(head_init=init, head_init_rows=1000)
+        cfg["training"]["learning_rate"] = 0.0
+        run = make_run(cfg, tmp_path / init, task_type)
+        method = HeadMethod()
+        info = method.train(run, df)
+        out = method.predict_loaded(run, df, method.model, method.tok, method.meta)
+        if task_type == REGRESSION:
+            scores[init] = float(np.abs(out["y_pred"] - df["label"]).mean())
+        else:
+            scores[init] = roc_auc_score(df["label"].eq("Yes"), out["p_yes"])
+        if init == "probe":
+            assert info["head_init"]["method"] == "probe" and info["head_init"]["rows"] == len(df)
+            # the head's outputs are the probe's: pooled states @ probe weights
+            ids = method.tok(head_texts(df["statement"].tolist(), TASK_CFG["prompt"]["question"]),
+                             truncation=True, max_length=64)["input_ids"]
+            x = pooled_states(method.model, method.tok, ids, 8)
+            y = (df["label"].to_numpy(float) if task_type == REGRESSION
+                 else df["label"].eq("Yes").to_numpy(int))
+            if task_type == REGRESSION:
+                y = TargetScaler(**method.meta["scaler"]).transform(y)
+            w, _ = probe_weights(x, y, task_type, 0)
+            np.testing.assert_allclose(w, score_weight(method.model).numpy(), rtol=1e-4, atol=1e-5)
+            z = x @ w.T
+            if task_type == REGRESSION:
+                expect = TargetScaler(**method.meta["scaler"]).inverse(z[:, 0])
+                np.testing.assert_allclose(out["y_pred"], expect, rtol=1e-4, atol=1e-3)
+            else:
+                expect = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
+                np.testing.assert_allclose(out["p_yes"], expect, rtol=1e-4, atol=1e-5)
+        else:
+            assert info["head_init"] == {"method": "random"}
+    if task_type == REGRESSION:
+        assert scores["probe"] < 0.8 * scores["random"], scores
+    else:
+        assert scores["probe"] > scores["random"] and scores["probe"] > 0.8, scores
