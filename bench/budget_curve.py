@@ -65,7 +65,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,15 +424,7 @@ def stack_final(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, r
     final adapter, the baseline's out-of-fold), then applied to the test predictions of the
     final point and the baseline; scored against the baseline with the paired bootstrap.
     Resumable: the holdout scores are saved (``<work>/stack``) before the combiner is fitted."""
-    from clinlm.methods.stack import (
-        Combiner,
-        baseline_oof,
-        cross_validated,
-        holdout_metrics,
-        llm_coefficient,
-        member_features,
-        select_holdout,
-    )
+    from clinlm.methods.stack import baseline_oof, combine_scores, fit_combiner, select_holdout
     if res.data.get("stack", {}).get("test"):
         return
     final = next(p for p in res.data["points"] if "final" in p["labels"])
@@ -452,29 +443,16 @@ def stack_final(lrun: Run, brun: Run, train: pd.DataFrame, test: pd.DataFrame, r
         oof = baseline_oof(brun, train, holdout, folds, lrun.seed)
         write_csv(oof_path, pd.DataFrame({"id": holdout["id"].astype(str), "p_yes": oof}))
     base_h = pd.read_csv(oof_path, dtype={"id": str})["p_yes"].to_numpy(float)
-    ok = ~(np.isnan(llm) | np.isnan(base_h))
-    x, y = member_features(CLASSIFICATION, llm[ok], base_h[ok]), y[ok]
-    comb = Combiner.fit(CLASSIFICATION, x, y)
-    cv = cross_validated(CLASSIFICATION, x, y, folds, lrun.seed)
+    comb, report = fit_combiner(CLASSIFICATION, llm, base_h, y, folds, lrun.seed, n_boot)
     # the test rows: the final point's and the baseline's saved predictions, matched by id
     pred = pd.read_csv(ROOT / final["dir"] / f"pred_{which}.csv", dtype={"id": str})
     base = pd.read_csv(lrun.model_dir.parent / f"{brun.model}_test.csv", dtype={"id": str})
     b = base.set_index("id").loc[pred["id"], "p_yes"].to_numpy(float)
-    p_llm = pred["p_yes"].to_numpy(float)
-    s = np.full(len(pred), np.nan)
-    good = ~(np.isnan(p_llm) | np.isnan(b))
-    s[good] = comb.score(member_features(CLASSIFICATION, p_llm[good], b[good]))
+    s = combine_scores(comb, pred["p_yes"].to_numpy(float), b)
     stack_pred = pred[["id", "y_true"]].assign(p_yes=s)
     write_csv(work / f"stack_{which}.csv", stack_pred)
     res.data["stack"] = {
-        "n_holdout": int(ok.sum()), "n_holdout_failed": int((~ok).sum()), "folds": folds,
-        "n_llm_train_rows": len(llm_ids), "llm_holdout_seconds": round(llm_seconds, 1),
-        "combiner": {"intercept": comb.intercept,
-                     "coef": dict(zip(["llm", "baseline"], comb.coef.tolist(), strict=True)),
-                     "inputs": "standardised logits"},
-        "llm_coef": llm_coefficient(CLASSIFICATION, x, y, n_boot, lrun.seed),
-        "holdout_metrics": holdout_metrics(CLASSIFICATION, y, {
-            "llm": llm[ok], "baseline": base_h[ok], "stack (cross-validated)": cv}),
+        **report, "n_llm_train_rows": len(llm_ids), "llm_holdout_seconds": round(llm_seconds, 1),
         "test": {which: paired_scores(stack_pred, base, n_boot, lrun.seed)}}
     res.save()
 

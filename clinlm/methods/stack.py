@@ -274,6 +274,36 @@ def _target(task_type: str, df: pd.DataFrame) -> np.ndarray:
     return df["label"].to_numpy(float)
 
 
+def fit_combiner(task_type: str, llm: np.ndarray, base: np.ndarray, y: np.ndarray, folds: int,
+                 seed: int, n_boot: int) -> tuple[Combiner, dict[str, Any]]:
+    """The combiner fitted on the holdout rows both members scored, and its report: rows used,
+    coefficients, the LLM coefficient's bootstrap interval, each member's and the
+    cross-validated stack's holdout metrics (regression: the 90 % residual quantiles too)."""
+    ok = ~(np.isnan(llm) | np.isnan(base))  # rows a member could not score
+    x, y = member_features(task_type, llm[ok], base[ok]), y[ok]
+    comb = Combiner.fit(task_type, x, y)
+    cv = cross_validated(task_type, x, y, folds, seed)
+    if task_type != CLASSIFICATION:
+        comb.residual_q = np.quantile(y - cv, [0.05, 0.95]).tolist()
+    return comb, {
+        "n_holdout": int(ok.sum()), "n_holdout_failed": int((~ok).sum()), "folds": folds,
+        "combiner": {"intercept": comb.intercept,
+                     "coef": dict(zip(["llm", "baseline"], comb.coef.tolist(), strict=True)),
+                     "inputs": "standardised " + ("logits" if task_type == CLASSIFICATION
+                                                  else "estimates")},
+        "llm_coef": llm_coefficient(task_type, x, y, n_boot, seed),
+        "holdout_metrics": holdout_metrics(task_type, y, {"llm": llm[ok], "baseline": base[ok],
+                                                          "stack (cross-validated)": cv})}
+
+
+def combine_scores(comb: Combiner, llm: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The combiner on the members' scores; NaN where a member has none."""
+    ok = ~(np.isnan(llm) | np.isnan(base))
+    out = np.full(len(llm), np.nan)
+    out[ok] = comb.score(member_features(comb.task_type, llm[ok], base[ok]))
+    return out
+
+
 def fit_stack(run: Run, train_df: pd.DataFrame, members: Members) -> dict[str, Any]:
     """Fit the combiner on held-out training rows and save it; returns the train info."""
     cfg, t0 = run.cfg, time.time()
@@ -284,36 +314,20 @@ def fit_stack(run: Run, train_df: pd.DataFrame, members: Members) -> dict[str, A
     y = _target(run.task_type, holdout)
     llm = _member_scores(members.llm, holdout)
     base = baseline_oof(members.baseline, train_df, holdout, cfg["folds"], run.seed)
-    ok = ~(np.isnan(llm) | np.isnan(base))  # rows a member could not score
-    x, y = member_features(run.task_type, llm[ok], base[ok]), y[ok]
-    comb = Combiner.fit(run.task_type, x, y)
-    cv = cross_validated(run.task_type, x, y, cfg["folds"], run.seed)
-    if run.task_type != CLASSIFICATION:
-        comb.residual_q = np.quantile(y - cv, [0.05, 0.95]).tolist()
+    comb, report = fit_combiner(run.task_type, llm, base, y, cfg["folds"], run.seed, cfg["n_boot"])
     write_json(run.model_dir / COMBINER_FILE, {
         **comb.to_json(), "llm": {"run": members.llm_name, "model": members.llm.model},
         "baseline": {"run": members.baseline_name, "model": members.baseline.model}})
     write_json(run.model_dir / HOLDOUT_FILE, sorted(holdout["id"].astype(str)))
-    metrics = holdout_metrics(run.task_type, y, {"llm": llm[ok], "baseline": base[ok],
-                                                 "stack (cross-validated)": cv})
-    return {"method": "stack", "n_train": int(ok.sum()), "stack": {
+    return {"method": "stack", "n_train": report["n_holdout"], "stack": {
         "llm": members.llm_name, "baseline": members.baseline_name,
-        "n_holdout": int(ok.sum()), "n_holdout_failed": int((~ok).sum()),
-        "n_llm_train_rows": len(llm_ids), "folds": cfg["folds"],
-        "combiner": {"intercept": comb.intercept,
-                     "coef": dict(zip(["llm", "baseline"], comb.coef.tolist(), strict=True)),
-                     "inputs": "standardised " + ("logits" if run.task_type == CLASSIFICATION
-                                                  else "estimates")},
-        "llm_coef": llm_coefficient(run.task_type, x, y, cfg["n_boot"], run.seed),
-        "holdout_metrics": metrics}, "train_seconds": round(time.time() - t0, 2)}
+        "n_llm_train_rows": len(llm_ids), **report}, "train_seconds": round(time.time() - t0, 2)}
 
 
 def combine(run: Run, llm: np.ndarray, base: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
     """The saved combiner applied to the members' scores -> the method predict schema."""
     comb = Combiner.from_json(json.loads((run.model_dir / COMBINER_FILE).read_text()))
-    ok = ~(np.isnan(llm) | np.isnan(base))
-    s = np.full(len(ids), np.nan)
-    s[ok] = comb.score(member_features(run.task_type, llm[ok], base[ok]))
+    s = combine_scores(comb, llm, base)
     if run.task_type == CLASSIFICATION:
         return pd.DataFrame({"id": ids, "p_yes": s})
     lo, hi = comb.residual_q
