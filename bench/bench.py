@@ -189,7 +189,10 @@ def part_train(quick: bool, recipe: str) -> dict[str, Any]:
             res = _train_seed(df, cfg, steps, Path(tmp))
         else:
             over = {"lora": {"lora_dropout": 0.05}} if recipe == "project_dropout" else {}
-            cfg = model_cfg(training={"max_steps": steps}, max_train_rows=None, **over)
+            # BATCH rows a step, as the seed recipe (params.yaml's own batch is 4)
+            cfg = model_cfg(training={"max_steps": steps, "per_device_train_batch_size": BATCH,
+                                      "gradient_accumulation_steps": 1},
+                            max_train_rows=None, **over)
             res = _train_project(df, cfg, steps, Path(tmp))
     timed = res["step_seconds"][1:]  # the first step warms caches and allocators
     per_step_tokens = res["tokens"] / steps
@@ -552,12 +555,10 @@ def main() -> None:
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--render", action="store_true",
                     help="rewrite BENCHMARKS.md from an existing results.json (no measuring)")
-    ap.add_argument("--only", choices=["precision"],
-                    help="measure only this part (precision: bench/precision.json), then render")
+    ap.add_argument("--only", nargs="+", choices=sorted(PARTS), metavar="PART",
+                    help="measure only these parts (e.g. precision, train_project predict), keep "
+                         "the others from results.json, then render")
     args = ap.parse_args()
-    if args.only == "precision":
-        run_part("precision", args.quick)
-        args.render = True
     if args.render:
         res = json.loads((Path(args.out) / "results.json").read_text())
         parts = res.pop("parts")
@@ -571,7 +572,10 @@ def main() -> None:
         return
     if not (BASE / "config.json").is_file():
         subprocess.run(["dvc", "repro", "base_model"], check=True, cwd=ROOT)
-    parts = {name: run_part(name, args.quick) for name in PARTS}
+    parts = {}
+    if args.only:
+        parts = json.loads((Path(args.out) / "results.json").read_text())["parts"]
+    parts.update({name: run_part(name, args.quick) for name in (args.only or PARTS)})
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(BASE)
     layer = (4 * cfg.hidden_size * cfg.hidden_size * (1 + cfg.num_key_value_heads

@@ -6,8 +6,10 @@ Measures, on the default ``smollm2-sft`` run (4-bit NF4 base, LoRA r 16, the rea
 ``SFTMethod.train`` -> ``load_model`` + ``fit``; ``Scorer.from_run`` for prediction):
 
 * matmul GFLOP/s ceilings, float32 vs bfloat16 (2048 x 2048; 512 when bf16 is emulated);
-* training tokens/s: float32 vs the params.yaml default (4-bit compute dtype ``auto``),
-  vs that + ``training.bf16: auto`` (autocast), vs that + ``dtype: auto`` (base loaded in bf16);
+* training tokens/s: the float32 path (params.yaml where ``auto`` finds no fast bf16) vs the
+  params.yaml default (4-bit compute dtype, ``non_quantized_dtype`` and ``attn_implementation``
+  all ``auto``), vs that with a float32 residual stream, with sdpa attention, with
+  ``training.bf16`` autocast, and the float32 path as it was before (sdpa, fp32 stream);
 * prediction rows/s and p(Yes) drift: float32 vs float32 merged weights + ``autocast_dtype:
   auto`` vs ``dtype: auto`` (bf16 merged weights).
 
@@ -42,18 +44,23 @@ PREDICT_ROWS = 96   # rows scored per repetition (3 batches of 32)
 FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
          "amx_fp16")
 
-PRECISION_KEYS = ("dtype", "bnb_4bit_compute_dtype", "bf16", "autocast_dtype")
-TRAIN_VARIANTS: dict[str, tuple[str, str, Any, str | None]] = {
-    # name: (dtype, bnb_4bit_compute_dtype, training.bf16, predict.autocast_dtype)
-    "float32": ("float32", "float32", False, None),
-    "params.yaml default: compute dtype auto": ("float32", "auto", False, "auto"),
-    "+ training.bf16 auto (autocast)": ("float32", "auto", "auto", "auto"),
-    "+ dtype auto (bf16-loaded base)": ("auto", "auto", False, "auto"),
+# each variant: the params.yaml `smollm2-sft` entry with these keys changed (`bnb.` and
+# `training.` / `predict.` prefixes name the section)
+TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    # the fp32 path: what params.yaml runs where `auto` finds no fast bf16 (AVX2 CPUs)
+    "float32": {"bnb.bnb_4bit_compute_dtype": "float32"},
+    "float32, sdpa, no stream cast (before)": {"bnb.bnb_4bit_compute_dtype": "float32",
+                                               "attn_implementation": None,
+                                               "non_quantized_dtype": None},
+    "params.yaml default (auto)": {},
+    "auto, float32 stream (non_quantized_dtype: float32)": {"non_quantized_dtype": "float32"},
+    "auto, sdpa attention": {"attn_implementation": None},
+    "auto + training.bf16 (autocast)": {"training.bf16": "auto"},
 }
-PREDICT_VARIANTS = {
-    "float32": ("float32", "float32", False, None),
-    "params.yaml default: fp32 weights + autocast auto": ("float32", "auto", False, "auto"),
-    "dtype auto: bf16 weights + autocast auto": ("auto", "auto", False, "auto"),
+PREDICT_VARIANTS: dict[str, dict[str, Any]] = {
+    "float32": {"bnb.bnb_4bit_compute_dtype": "float32", "predict.autocast_dtype": None},
+    "params.yaml default: fp32 weights + autocast auto": {},
+    "dtype auto: bf16 weights + autocast auto": {"dtype": "auto"},
 }
 
 
@@ -123,15 +130,14 @@ def task_cfg() -> dict[str, Any]:
     return copy.deepcopy(_params()[1])
 
 
-def _cfg(variant: tuple[str, str, Any, str | None], **over: Any) -> dict[str, Any]:
-    dtype, compute, bf16, autocast = variant
+def _cfg(variant: dict[str, Any], **over: Any) -> dict[str, Any]:
+    """The ``smollm2-sft`` entry with ``over`` (sections updated) and ``variant``'s keys set."""
     cfg = copy.deepcopy(_params()[0])
     for k, v in over.items():
         cfg[k].update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
-    cfg["dtype"] = dtype
-    cfg["bnb"]["bnb_4bit_compute_dtype"] = compute
-    cfg["training"]["bf16"] = bf16
-    cfg["predict"]["autocast_dtype"] = autocast
+    for key, value in variant.items():
+        section, _, name = key.rpartition(".")
+        (cfg[section] if section else cfg)[name] = value
     return cfg
 
 
@@ -166,23 +172,28 @@ def step_clock() -> tuple[Clock, Any]:
     return clock, _CB()
 
 
-def train_once(variant: tuple, df, out_dir: Path, steps: int) -> dict[str, Any]:
-    """One short training through ``SFTMethod.train``; per-step figures after the warm-up."""
+def train_once(variant: dict[str, Any], df, out_dir: Path, steps: int) -> dict[str, Any]:
+    """One short training through ``SFTMethod.train`` (``BATCH`` rows a step, ``df`` at least
+    ``BATCH * steps`` rows); per-step figures after the warm-up."""
     from clinlm.methods.base import Run
     from clinlm.methods.sft import SFTMethod
 
-    cfg = _cfg(variant, training={"max_steps": steps}, max_train_rows=None)
+    cfg = _cfg(variant, training={"max_steps": steps, "per_device_train_batch_size": BATCH,
+                                  "gradient_accumulation_steps": 1}, max_train_rows=None)
     clock, callback = step_clock()
     run = Run("noshow", "classification", "bench", cfg, out_dir, out_dir, seed=42,
               task_cfg=task_cfg())
+    df = df.head(BATCH * steps)  # tokens of exactly the rows the steps see
     info = SFTMethod().train(run, df, extra_callbacks=[callback])
     per_step = info["tokens"] / steps
     return {"tokens_per_second": [per_step / s for s in clock.wall[1:]],
             "tokens_per_cpu_second": [per_step / s for s in clock.cpu[1:]],
-            "losses": [info["first_loss"], info["last_loss"]], "precision": info["precision"]}
+            "losses": [info["first_loss"], info["last_loss"]], "precision": info["precision"],
+            "attn_implementation": info["attn_implementation"],
+            "non_quantized_dtype": info["non_quantized_dtype"]}
 
 
-def predict_once(variant: tuple, adapter: Path, prompts: list[str]) -> dict[str, Any]:
+def predict_once(variant: dict[str, Any], adapter: Path, prompts: list[str]) -> dict[str, Any]:
     """Rows/s of the predict stage's scorer over ``prompts`` (after an 8-row warm-up)."""
     import numpy as np
 
@@ -236,7 +247,8 @@ def measure(reps: int, quick: bool) -> dict[str, Any]:
                 train[name].setdefault("tokens_per_cpu_second", [])
                 train[name]["tokens_per_cpu_second"] += r["tokens_per_cpu_second"]
                 train[name]["losses"].append(r["losses"])
-                train[name]["precision"] = r["precision"]
+                train[name].update({k: r[k] for k in ("precision", "attn_implementation",
+                                                      "non_quantized_dtype")})
                 print(f"[precision] rep {rep} train {name}: "
                       f"{statistics.median(r['tokens_per_second']):.0f} tokens/s", flush=True)
             for name, variant in PREDICT_VARIANTS.items():
@@ -300,7 +312,10 @@ def markdown(path: Path = OUT) -> list[str]:
               "first → last loss (per repetition) |", "|---|---|---|---|---|"]
     for name, t in tr.items():
         losses = "; ".join(f"{a:.3f} → {b:.3f}" for a, b in t["losses"])
-        lines.append(f"| {name} ({t['precision']['resolved']}) | {sp(t['tokens_per_second'])} | "
+        keys = t["precision"]["keys"]
+        lines.append(f"| {name} ({keys['bnb.bnb_4bit_compute_dtype']} compute, "
+                     f"{t.get('non_quantized_dtype')} stream, {t.get('attn_implementation')}) | "
+                     f"{sp(t['tokens_per_second'])} | "
                      f"{sp(t['tokens_per_cpu_second'])} | "
                      f"{ratio(tr, name, 'tokens_per_cpu_second')} | {losses} |")
     lines += ["", "Prediction (the predict stage's scorer: adapter merged into dequantized "

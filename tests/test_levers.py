@@ -52,3 +52,43 @@ def test_runs_on_other_rows_are_refused(tmp_path: Path) -> None:
     other = _result(tmp_path, "other", y[:30] * 1.0, y[:30])
     with pytest.raises(SystemExit, match="evaluation rows"):
         levers_table(ref, [other], {})
+
+
+def test_every_dvc_exp_lever_sets_an_existing_params_key() -> None:
+    """bench/levers_exp.py: each ``-S key=value`` names a key params.yaml has (a typo would
+    queue an experiment that fails, or quietly adds a key no code reads)."""
+    import yaml
+
+    from bench.levers_exp import LEVERS
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, sets in LEVERS.items():
+        for s in sets:
+            node = params
+            for part in s.split("=", 1)[0].split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: {s}: no key {part!r}"
+                node = node[part]
+
+
+def test_dvc_exp_table_reads_dvc_exp_show_json(monkeypatch) -> None:
+    """The levers table takes ROC-AUC / MAE per (task, model) from ``dvc exp show --json``,
+    one row for the workspace and one per named experiment; a missing metric is a blank."""
+    from bench.levers_exp import COLUMNS, collect, table
+
+    def metrics(auc: float) -> dict:
+        return {"metrics/noshow/smollm2-sft.json": {"data": {"roc_auc": auc}},
+                "metrics/vascular_age/gbdt.json": {"data": {"mae": 5.9}}}
+
+    shown = [{"rev": "workspace", "data": {"metrics": metrics(0.6)}},
+             {"rev": "abc123", "data": {"metrics": metrics(0.6)},
+              "experiments": [{"name": "lr1e-3", "revs": [
+                  {"rev": "def456", "name": "lr1e-3", "data": {"metrics": metrics(0.65)}}]}]}]
+    monkeypatch.setattr("bench.levers_exp.dvc", lambda *a: json.dumps(shown))
+    rows = collect()
+    assert [r["name"] for r in rows] == ["workspace", "lr1e-3"]
+    assert rows[1]["noshow/smollm2-sft/roc_auc"] == 0.65
+    assert rows[1]["changes"] == "models.smollm2-sft.training.learning_rate=0.001"
+    lines = table(rows)
+    assert len(lines) == 4 and "| 0.650 |" in lines[3] and "| 5.900 |" in lines[3]
+    assert lines[3].count("|") == len(COLUMNS) + 3  # blanks where a run has no metric

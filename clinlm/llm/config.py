@@ -54,6 +54,15 @@ class LLMConfig(ModelCommon):
     # load dtype of the base (and of merged weights); null = the checkpoint's; auto = bf16
     # where this machine computes it fast, else float32 (clinlm.llm.precision)
     dtype: str | None = None
+    # the attention kernel (from_pretrained's attn_implementation): null = transformers'
+    # default (sdpa); auto = eager on CPUs (short prompts: faster than sdpa's flash kernel,
+    # whose bf16 backward is slow), the default elsewhere; or eager / sdpa / flash_attention_2
+    attn_implementation: str | None = None
+    # a 4-bit base: the dtype of the weights bnb leaves unquantized (norms, embeddings),
+    # hence of the residual stream in training and scoring. float32 = peft's
+    # prepare_model_for_kbit_training upcast; auto = the 4-bit compute dtype (a bf16 stream
+    # where bf16 is fast, as LLaMA-Factory's upcast_layernorm: false); null = float32
+    non_quantized_dtype: str | None = None
     max_train_rows: PositiveInt | None = None
     torch_threads: PositiveInt | None = None
     bnb: dict[str, Any] | None = None  # transformers.BitsAndBytesConfig fields
@@ -62,4 +71,4 @@ class LLMConfig(ModelCommon):
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
 
-    _check_dtype = field_validator("dtype")(_dtype_name)
+    _check_dtype = field_validator("dtype", "non_quantized_dtype")(_dtype_name)

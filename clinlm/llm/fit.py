@@ -72,6 +72,14 @@ def adapter_dtype(cfg: dict[str, Any]):  # -> torch.dtype | None
     return resolve_dtype(cfg["bnb"].get("bnb_4bit_compute_dtype") or "float32")
 
 
+def _stream_dtype(model: Any) -> str | None:
+    """The dtype of the model's norm weights (``non_quantized_dtype``'s effect), if any."""
+    for name, param in model.named_parameters():
+        if "norm" in name.rpartition(".")[0].rpartition(".")[2]:
+            return str(param.dtype).removeprefix("torch.")
+    return None
+
+
 def loss_trend(log_history: list[dict[str, Any]], points: int = 3) -> dict[str, Any]:
     """Whether the training loss ended above where it started.
 
@@ -187,6 +195,9 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
         "steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         **trend, "precision": precision,
+        "attn_implementation": getattr(getattr(trainer.model, "config", None),
+                                       "_attn_implementation", None),
+        "non_quantized_dtype": _stream_dtype(trainer.model),
         "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters()
                                         if p.requires_grad)),
         "train_seconds": round(seconds, 1),

@@ -136,6 +136,9 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
         import torch
         torch.manual_seed(seed)
     kw: dict[str, Any] = {"dtype": resolve_dtype(cfg.get("dtype")) or "auto", **model_kwargs}
+    attn = attn_implementation(cfg.get("attn_implementation"))
+    if attn is not None:
+        kw.setdefault("attn_implementation", attn)
     quantized = is_quantized(cfg.get("bnb"))
     sharded = lora is not None and sharded_training(cfg.get("training") or {})
     if quantized:
@@ -149,9 +152,15 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
     if quantized and not sharded:
         _keep_4bit_compute_dtype(model, cfg["bnb"])
         # the same layout in training and scoring: non-quantized weights upcast to fp32
+        # (then cast to the stream's dtype below when non_quantized_dtype asks for bf16)
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing and lora is not None)
+        if kind != "image_text":  # training and scoring alike: the same numerics
+            if lora is not None:
+                lora = lora(model) if callable(lora) else lora
+            saved = lora if lora is not None else _adapter_config(adapter)
+            _cast_non_quantized(model, cfg, keep=saved.get("modules_to_save") or ())
     elif lora is None:
         model = model.to(local_device())  # training: the Trainer places the model
     elif gradient_checkpointing:
@@ -164,8 +173,92 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
     from peft import PeftModel
     model = PeftModel.from_pretrained(model, str(adapter))
     if cfg["predict"]["merge_adapter"]:
-        model = merge_lora_dequantized(model, cfg.get("dtype"))
+        model = merge_lora_dequantized(model, _merged_dtype(cfg, quantized, kind))
     return model.eval()
+
+
+def attn_implementation(value: str | None, device: Any = None) -> str | None:
+    """``attn_implementation`` for ``from_pretrained``: ``auto`` -> ``eager`` on a CPU, None
+    (transformers' default, sdpa) elsewhere; other values unchanged.
+
+    Why eager on CPUs: at these prompt lengths (100-250 tokens) the attention matrices are
+    small, and sdpa's CPU flash kernel loses to two batched matmuls, most in bf16, whose
+    flash backward took a fifth of a training step (BENCHMARKS.md, precision section)."""
+    if value != "auto":
+        return value
+    import torch
+    device = torch.device(device) if device is not None else local_device()
+    return "eager" if device.type == "cpu" else None
+
+
+def non_quantized_dtype(cfg: dict[str, Any]):  # -> torch.dtype
+    """The dtype a 4-bit base's unquantized weights train in (``non_quantized_dtype``):
+    ``auto`` -> the 4-bit compute dtype; null -> float32 (peft's upcast). ``cfg`` resolved."""
+    import torch
+    value = cfg.get("non_quantized_dtype")
+    if value == "auto":
+        value = (cfg.get("bnb") or {}).get("bnb_4bit_compute_dtype")
+    return resolve_dtype(value) or torch.float32
+
+
+def _adapter_config(adapter: str | Path | None) -> dict[str, Any]:
+    """A saved adapter's ``adapter_config.json`` (empty without one)."""
+    import json
+    path = Path(adapter) / "adapter_config.json" if adapter is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _merged_dtype(cfg: dict[str, Any], quantized: bool, kind: str) -> str | None:
+    """The dtype merged layers get: ``dtype``, or the residual stream's when a 4-bit base
+    streams in bf16 (``non_quantized_dtype``): layers then take the stream's dtype as in
+    training, with or without autocast."""
+    import torch
+    if quantized and kind != "image_text":
+        stream = non_quantized_dtype(cfg)
+        if stream != torch.float32:
+            return str(stream).removeprefix("torch.")
+    return cfg.get("dtype")
+
+
+def _cast_non_quantized(model: Any, cfg: dict[str, Any], keep: Any = ()) -> None:
+    """Cast the weights bnb left unquantized (norms, embeddings) to
+    :func:`non_quantized_dtype`, undoing ``prepare_model_for_kbit_training``'s fp32 upcast
+    when the compute dtype is bf16: the residual stream then stays bf16, and the 4-bit layers
+    stop casting every input and output (~3x fp32's training tokens/s instead of 2x on a
+    Zen 5 EPYC, BENCHMARKS.md). Scoring does the same (and merges LoRA into layers of the
+    stream's dtype): a head fitted on bf16-stream states scores bf16-stream states.
+
+    What the loss reads stays float32, as LLaMA-Factory's ``upcast_lmhead_output``: the output
+    layer (``lm_head``, or a head trained in full, named in ``keep``) keeps fp32 weights and
+    upcasts its input. bf16 logits would be rounded to 1/8 at |logit| 16-32, coarser than the
+    Yes/No margins the answer loss learns from. An input embedding tied to a kept lm_head
+    stays fp32 too and casts its output to the stream's dtype.
+    """
+    import torch
+    dtype = non_quantized_dtype(cfg)
+    if dtype == torch.float32:
+        return
+    names = set(keep)
+    kept = [m for name, m in model.named_modules() if name.rpartition(".")[2] in names]
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out_emb is not None:
+        kept.append(out_emb)
+    kept_params = {id(p) for m in kept for p in m.parameters()}
+    for param in model.parameters():
+        if (param.dtype == torch.float32 and param.__class__.__name__ != "Params4bit"
+                and id(param) not in kept_params):
+            param.data = param.data.to(dtype)
+    for module in kept:  # fp32 outputs computed from the bf16 stream
+        module.register_forward_pre_hook(_cast_input_to_weight)
+    in_emb = model.get_input_embeddings()
+    if in_emb.weight.dtype != dtype:  # tied to the fp32 lm_head
+        in_emb.register_forward_hook(lambda m, args, out: out.to(dtype))
+
+
+def _cast_input_to_weight(module: Any, args: tuple) -> tuple:
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if hasattr(a, "is_floating_point") and a.is_floating_point() else a
+                 for a in args)
 
 
 def sharded_training(training: dict[str, Any]) -> bool:

@@ -173,6 +173,7 @@ def _auto_run(tiny_llama, tmp_path, name, **extra) -> Run:
                   "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "auto"}
     cfg["training"].update(bf16="auto", per_device_train_batch_size=4, learning_rate=0.003)
     cfg["predict"]["autocast_dtype"] = "auto"
+    cfg.update(attn_implementation="auto", non_quantized_dtype="auto")  # the CPU presets'
     return Run("noshow", "classification", name, cfg, tmp_path / name, tmp_path, seed=1,
                task_cfg=YES_NO_TASK)
 
@@ -215,6 +216,11 @@ def test_auto_trains_and_predicts_in_bf16(tiny_llama, tmp_path, monkeypatch, cap
 
     run.cfg["predict"]["merge_adapter"] = True
     scorer = Scorer.from_run(run.model_dir, run.cfg)
+    # scoring streams in bf16 as training did: norms and merged layers bf16, lm_head fp32
+    dtypes = {n.rpartition(".")[0].rpartition(".")[2]: p.dtype
+              for n, p in scorer.model.named_parameters()}
+    assert dtypes["input_layernorm"] == dtypes["q_proj"] == torch.bfloat16
+    assert scorer.model.get_output_embeddings().weight.dtype == torch.float32
     est = decode_numeric(scorer, prompt_texts(scorer.tok, df["statement"].tolist(),
                                               run.task_cfg), 18, 40)
     assert ((est["y_lo"] <= est["y_pred"]) & (est["y_pred"] <= est["y_hi"])).all()
@@ -259,6 +265,7 @@ def test_head_method_runs_in_bf16(tmp_path, tiny_llama, monkeypatch):
 
     monkeypatch.setenv(P.ENV, "bfloat16")
     cfg = {"method": "head", "base": str(tiny_llama), "max_train_rows": None, "dtype": "auto",
+           "attn_implementation": "auto", "non_quantized_dtype": "auto",  # the CPU presets'
            "bnb": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                    "bnb_4bit_compute_dtype": "auto"},
            "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS",
@@ -296,3 +303,55 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(n0)
+
+
+def test_attn_implementation_auto_is_eager_on_cpu():
+    """``attn_implementation: auto``: eager on a CPU, transformers' default on a GPU; other
+    values pass through to from_pretrained."""
+    from clinlm.llm.load import attn_implementation
+
+    assert attn_implementation("auto", "cpu") == "eager"
+    assert attn_implementation("auto", "cuda:0") is None
+    assert attn_implementation("sdpa", "cpu") == "sdpa" and attn_implementation(None) is None
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq_cls"])
+def test_non_quantized_dtype_auto_gives_a_bf16_stream_with_fp32_outputs(tiny_llama, monkeypatch,
+                                                                        kind):
+    """``non_quantized_dtype: auto`` with a bf16 compute dtype: norms and the input embedding
+    compute in bf16 (peft's fp32 upcast undone), the output layer -- the tied lm_head, or a
+    head trained in full -- keeps fp32 weights and gives fp32 outputs, gradients reach LoRA,
+    and the layout is peft's fp32 one when the key is null or the compute dtype is fp32."""
+    from clinlm.llm.load import load_model
+
+    monkeypatch.setenv(P.ENV, "bfloat16")
+    bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "auto"}
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+            "task_type": "CAUSAL_LM" if kind == "causal" else "SEQ_CLS"}
+    if kind == "seq_cls":
+        lora["modules_to_save"] = ["score"]
+    extra = {"num_labels": 2} if kind == "seq_cls" else {}
+
+    def load(nq, compute="auto"):
+        cfg = {"base": str(tiny_llama), "dtype": "float32", "attn_implementation": "auto",
+               "non_quantized_dtype": nq, "bnb": {**bnb, "bnb_4bit_compute_dtype": compute}}
+        return load_model(cfg, kind, lora=lora, seed=0, **extra)
+
+    model = load("auto")
+    base = model.get_base_model()
+    assert base.config._attn_implementation == "eager"
+    norms = {p.dtype for n, p in base.named_parameters() if "norm" in n}
+    assert norms == {torch.bfloat16}
+    out_layer = base.lm_head if kind == "causal" else base.score
+    trained = {p.dtype for n, p in model.named_parameters() if p.requires_grad and "score" in n}
+    assert out_layer.weight.dtype == torch.float32 and trained <= {torch.float32}
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.logits).all()
+    out.logits.float().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+
+    for nq, compute in ((None, "auto"), ("auto", "float32")):
+        fp32 = load(nq, compute).get_base_model()
+        assert {p.dtype for n, p in fp32.named_parameters() if "norm" in n} == {torch.float32}
