@@ -415,12 +415,15 @@ def markdown(s: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
         f"{verdict(s['train_peak_rss_gib'] <= 4)} |",
         "",
         "What limits prediction: the batched path already runs at "
-        f"{100 * s['predict_mfu']:.0f} % of the fp32 matmul rate (2 x parameters x prompt "
+        f"{100 * s['predict_mfu']:.0f} % of the best measured matmul rate "
+        f"({'bf16' if s['bf16_gflops'] > s['fp32_gflops'] else 'fp32'}; 2 x parameters x prompt "
         "tokens), so it can get at most ~"
         f"{1 / max(s['predict_mfu'], 1e-9):.1f}x faster on this CPU. The per-row loop is not "
         f"idle: it reaches {100 * s['predict_mfu'] / s['predict_speedup']:.0f} % of that rate "
         "(its losses are 4-bit dequantization and LoRA on every call, plus the decode steps), "
-        "so 10x over it would need 2x more than this CPU's peak. The only remaining savings are fewer tokens, and the shared "
+        "so 10x over it would need "
+        f"{10 * s['predict_mfu'] / s['predict_speedup']:.1f}x this CPU's peak. The only "
+        "remaining savings are fewer tokens, and the shared "
         "prefix cache already skips the ~30 system-prompt tokens. On a GPU, where one row "
         "leaves the device idle, batching is where the 10x comes from.",
         "",
