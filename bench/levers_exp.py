@@ -2,7 +2,7 @@
 
     python bench/levers_exp.py queue     # one `dvc exp run --queue -n <lever> -S ...` per lever
     dvc exp run --run-all                # or: dvc queue start; dvc queue status
-    dvc exp show --only-changed          # the sweep, as DVC shows it
+    dvc exp show -A --only-changed       # the sweep, as DVC shows it (-A: on any baseline commit)
     python bench/levers_exp.py table     # -> bench/levers_exp_synthetic.{md,json}
 
 Each lever changes params.yaml keys only, so DVC reruns just what depends on them: a
@@ -64,9 +64,9 @@ def _metric(metrics: dict[str, Any], task: str, model: str, key: str) -> float |
 
 
 def collect() -> list[dict[str, Any]]:
-    """``dvc exp show --json`` -> one row per experiment (and the workspace)."""
+    """``dvc exp show --json --all-commits`` -> one row per experiment (any baseline commit) and the workspace."""
     rows = []
-    for commit in json.loads(dvc("exp", "show", "--json")):
+    for commit in json.loads(dvc("exp", "show", "--json", "--all-commits")):
         runs = [("workspace" if commit.get("rev") == "workspace" else None, commit)]
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
