@@ -129,11 +129,12 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
     """
     if adapter is not None and lora is not None:
         raise ValueError("load_model: pass adapter (to score) or lora (to train), not both")
+    import torch
+
     from clinlm.llm.precision import resolve_cfg
     cfg = resolve_cfg(cfg)  # `auto` dtypes -> this machine's precision, once for all below
     set_threads(cfg.get("torch_threads"))
     if seed is not None:
-        import torch
         torch.manual_seed(seed)
     kw: dict[str, Any] = {"dtype": resolve_dtype(cfg.get("dtype")) or "auto", **model_kwargs}
     attn = attn_implementation(cfg.get("attn_implementation"))
@@ -141,6 +142,9 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
         kw.setdefault("attn_implementation", attn)
     quantized = is_quantized(cfg.get("bnb"))
     sharded = lora is not None and sharded_training(cfg.get("training") or {})
+    # the residual stream's dtype (non_quantized_dtype): a 4-bit text model off FSDP / ZeRO-3
+    stream = (non_quantized_dtype(cfg) if quantized and not sharded and kind != "image_text"
+              else torch.float32)
     if quantized:
         kw["quantization_config"] = build_bnb_config(cfg["bnb"])
         if sharded:  # FSDP / ZeRO-3 shard the weights themselves: one dtype, no device map
@@ -156,11 +160,11 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing and lora is not None)
-        if kind != "image_text":  # training and scoring alike: the same numerics
+        if stream != torch.float32:  # training and scoring alike: the same numerics
             if lora is not None:
                 lora = lora(model) if callable(lora) else lora
             saved = lora if lora is not None else _adapter_config(adapter)
-            _cast_non_quantized(model, cfg, keep=saved.get("modules_to_save") or ())
+            _cast_non_quantized(model, stream, keep=saved.get("modules_to_save") or ())
     elif lora is None:
         model = model.to(local_device())  # training: the Trainer places the model
     elif gradient_checkpointing:
@@ -173,7 +177,9 @@ def load_model(cfg: dict[str, Any], kind: str, *, adapter: str | Path | None = N
     from peft import PeftModel
     model = PeftModel.from_pretrained(model, str(adapter))
     if cfg["predict"]["merge_adapter"]:
-        model = merge_lora_dequantized(model, _merged_dtype(cfg, quantized, kind))
+        # merged layers take a bf16 stream's dtype, as in training, with or without autocast
+        model = merge_lora_dequantized(model, cfg.get("dtype") if stream == torch.float32
+                                       else str(stream).removeprefix("torch."))
     return model.eval()
 
 
@@ -208,21 +214,9 @@ def _adapter_config(adapter: str | Path | None) -> dict[str, Any]:
     return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
-def _merged_dtype(cfg: dict[str, Any], quantized: bool, kind: str) -> str | None:
-    """The dtype merged layers get: ``dtype``, or the residual stream's when a 4-bit base
-    streams in bf16 (``non_quantized_dtype``): layers then take the stream's dtype as in
-    training, with or without autocast."""
-    import torch
-    if quantized and kind != "image_text":
-        stream = non_quantized_dtype(cfg)
-        if stream != torch.float32:
-            return str(stream).removeprefix("torch.")
-    return cfg.get("dtype")
-
-
-def _cast_non_quantized(model: Any, cfg: dict[str, Any], keep: Any = ()) -> None:
-    """Cast the weights bnb left unquantized (norms, embeddings) to
-    :func:`non_quantized_dtype`, undoing ``prepare_model_for_kbit_training``'s fp32 upcast
+def _cast_non_quantized(model: Any, dtype: Any, keep: Any = ()) -> None:
+    """Cast the weights bnb left unquantized (norms, embeddings) to ``dtype`` (the
+    :func:`non_quantized_dtype`, not float32), undoing ``prepare_model_for_kbit_training``'s fp32 upcast
     when the compute dtype is bf16: the residual stream then stays bf16, and the 4-bit layers
     stop casting every input and output (~3x fp32's training tokens/s instead of 2x on a
     Zen 5 EPYC, BENCHMARKS.md). Scoring does the same (and merges LoRA into layers of the
@@ -235,9 +229,6 @@ def _cast_non_quantized(model: Any, cfg: dict[str, Any], keep: Any = ()) -> None
     stays fp32 too and casts its output to the stream's dtype.
     """
     import torch
-    dtype = non_quantized_dtype(cfg)
-    if dtype == torch.float32:
-        return
     names = set(keep)
     kept = [m for name, m in model.named_modules() if name.rpartition(".")[2] in names]
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
