@@ -10,6 +10,7 @@ Measures, on the default ``smollm2-sft`` run (4-bit NF4 base, LoRA r 16, the rea
   params.yaml default (4-bit compute dtype, ``non_quantized_dtype`` and ``attn_implementation``
   all ``auto``), vs that with a float32 residual stream, with sdpa attention, with
   ``training.bf16`` autocast, and the float32 path as it was before (sdpa, fp32 stream);
+  with ``training.torch_compile`` (regional: the decoder layers), bf16 and float32;
 * prediction rows/s and p(Yes) drift: float32 vs float32 merged weights + ``autocast_dtype:
   auto`` vs ``dtype: auto`` (bf16 merged weights).
 
@@ -56,6 +57,11 @@ TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "auto, float32 stream (non_quantized_dtype: float32)": {"non_quantized_dtype": "float32"},
     "auto, sdpa attention": {"attn_implementation": None},
     "auto + training.bf16 (autocast)": {"training.bf16": "auto"},
+    # regional compilation (dynamo.use_regional_compilation in params.yaml): the first step
+    # compiles (cold in repetition 0: a fresh inductor cache per benchmark run)
+    "params.yaml default + training.torch_compile": {"training.torch_compile": True},
+    "float32 + training.torch_compile": {"bnb.bnb_4bit_compute_dtype": "float32",
+                                         "training.torch_compile": True},
 }
 PREDICT_VARIANTS: dict[str, dict[str, Any]] = {
     "float32": {"bnb.bnb_4bit_compute_dtype": "float32", "predict.autocast_dtype": None},
@@ -188,6 +194,7 @@ def train_once(variant: dict[str, Any], df, out_dir: Path, steps: int) -> dict[s
     per_step = info["tokens"] / steps
     return {"tokens_per_second": [per_step / s for s in clock.wall[1:]],
             "tokens_per_cpu_second": [per_step / s for s in clock.cpu[1:]],
+            "first_step_seconds": clock.wall[0],
             "losses": [info["first_loss"], info["last_loss"]], "precision": info["precision"],
             "attn_implementation": info["attn_implementation"],
             "non_quantized_dtype": info["non_quantized_dtype"]}
@@ -247,6 +254,7 @@ def measure(reps: int, quick: bool) -> dict[str, Any]:
                 train[name].setdefault("tokens_per_cpu_second", [])
                 train[name]["tokens_per_cpu_second"] += r["tokens_per_cpu_second"]
                 train[name]["losses"].append(r["losses"])
+                train[name].setdefault("first_step_seconds", []).append(r["first_step_seconds"])
                 train[name].update({k: r[k] for k in ("precision", "attn_implementation",
                                                       "non_quantized_dtype")})
                 print(f"[precision] rep {rep} train {name}: "
@@ -309,7 +317,8 @@ def markdown(path: Path = OUT) -> list[str]:
     lines += ["", f"Training, `smollm2-sft` (4-bit NF4 base, LoRA r 16, batch {r['batch']}, "
               f"{r['timed_steps']} timed steps per repetition, `SFTMethod.train`):", "",
               "| precision | tokens/s (wall) | tokens per CPU-second | vs float32 (CPU: median / max) | "
-              "first → last loss (per repetition) |", "|---|---|---|---|---|"]
+              "first step, s (per repetition; compiling: rep 0 cold) | first → last loss (per "
+              "repetition) |", "|---|---|---|---|---|---|"]
     for name, t in tr.items():
         losses = "; ".join(f"{a:.3f} → {b:.3f}" for a, b in t["losses"])
         keys = t["precision"]["keys"]
@@ -317,7 +326,8 @@ def markdown(path: Path = OUT) -> list[str]:
                      f"{t.get('non_quantized_dtype')} stream, {t.get('attn_implementation')}) | "
                      f"{sp(t['tokens_per_second'])} | "
                      f"{sp(t['tokens_per_cpu_second'])} | "
-                     f"{ratio(tr, name, 'tokens_per_cpu_second')} | {losses} |")
+                     f"{ratio(tr, name, 'tokens_per_cpu_second')} | "
+                     f"{', '.join(f'{x:.1f}' for x in t.get('first_step_seconds', []))} | {losses} |")
     lines += ["", "Prediction (the predict stage's scorer: adapter merged into dequantized "
               "weights, batch 32):", "",
               "| precision | rows/s (wall) | rows per CPU-second | vs float32 (CPU: median / max) | "
@@ -331,7 +341,12 @@ def markdown(path: Path = OUT) -> list[str]:
     lines += ["", "`auto` (clinlm/llm/precision.py) reads the CPU flags, not a timing: bf16 "
               "with AMX-BF16 or AVX512-BF16, float32 on AVX2-only CPUs (where bf16 matmuls are "
               "emulated, ~100x slower than fp32 measured on one); on CUDA bf16 where the GPU "
-              "has it natively. `CLINLM_PRECISION=float32|bfloat16` overrides it."]
+              "has it natively. `CLINLM_PRECISION=float32|bfloat16` overrides it.",
+              "", "The `training.torch_compile` rows compile the decoder layers in place "
+              "(`dynamo.use_regional_compilation`); their first step is the compile, cold in "
+              "repetition 0 (a fresh inductor cache per benchmark run), and is left out of the "
+              "rates, as every variant's first step is. It pays off on runs of minutes, not on "
+              "the default ~25 s `make repro` training, so the CPU defaults leave it off."]
     return lines
 
 
@@ -341,6 +356,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (variants interleaved)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
+    # a fresh inductor cache: the compiled variants' first step is a cold compile in rep 0
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clinlm-inductor-")
     from clinlm.io import write_json
     res = measure(args.reps, args.quick)
     write_json(Path(args.out), res)

@@ -68,6 +68,9 @@ class LLMConfig(ModelCommon):
     bnb: dict[str, Any] | None = None  # transformers.BitsAndBytesConfig fields
     lora: dict[str, Any]               # peft.LoraConfig fields
     training: dict[str, Any] = {}      # transformers.TrainingArguments fields
+    # accelerate.utils.TorchDynamoPlugin fields, read when training.torch_compile is on,
+    # e.g. use_regional_compilation (compile one decoder layer, reuse it for all), dynamic
+    dynamo: dict[str, Any] = {}
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
 

@@ -1,0 +1,106 @@
+"""``training.torch_compile`` with ``dynamo.use_regional_compilation``: the decoder layers
+are compiled in place (clinlm.llm.fit.compile_repeated_blocks), the run trains the same model
+as without compilation, and bad keys fail with the key named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from clinlm.llm import fit as F  # noqa: E402
+from clinlm.methods.base import Run  # noqa: E402
+from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows  # noqa: E402
+
+needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                                    reason="inductor needs a C++ compiler (g++) on a CPU")
+
+
+def test_unknown_dynamo_key_is_named():
+    with pytest.raises(ValueError, match=r"dynamo\.use_regional\b.*TorchDynamoPlugin"):
+        F.check_dynamo({"use_regional": True}, {"torch_compile": True})
+    with pytest.raises(ValueError, match=r"dynamo\.backend.*torch_compile_backend"):
+        F.check_dynamo({"backend": "inductor"}, {})
+
+
+def test_compile_is_on_as_in_training_arguments(monkeypatch):
+    dyn = {"use_regional_compilation": True, "dynamic": True}
+    assert F.check_dynamo(dyn, {"torch_compile": False}) is None
+    assert F.check_dynamo(dyn, {}) is None
+    # as TrainingArguments: a mode (or a backend) alone switches it on
+    assert F.check_dynamo(dyn, {"torch_compile_mode": "max-autotune"}) == {
+        "backend": "inductor", "mode": "max-autotune", **dyn}
+    monkeypatch.setattr(F, "device", lambda: "cpu")
+    monkeypatch.setattr(F.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"training\.torch_compile.*g\+\+"):
+        F.check_dynamo(dyn, {"torch_compile": True})
+    assert F.check_dynamo(dyn, {"torch_compile": True, "torch_compile_backend": "eager"})
+
+
+def _train(tmp_path, tiny_llama, name: str, **training):
+    from safetensors.torch import load_file
+
+    from clinlm.methods.sft import SFTMethod
+    cfg = tiny_sft_cfg(tiny_llama, epochs=1, dynamo={"use_regional_compilation": True,
+                                                     "dynamic": True})
+    cfg["training"].update(training, max_steps=3, per_device_train_batch_size=4)
+    run = Run("noshow", "classification", "m", cfg, tmp_path / name, tmp_path / name, seed=0,
+              task_cfg=YES_NO_TASK)
+    info = SFTMethod().train(run, waits_rows(16))
+    return run, info, load_file(str(run.model_dir / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def inductor_cache(tmp_path_factory):
+    """One fresh inductor cache for this module's runs (the head run reuses the sft kernels)."""
+    return str(tmp_path_factory.mktemp("inductor"))
+
+
+@needs_compiler
+def test_regional_compile_trains_the_same_model(tmp_path, tiny_llama, monkeypatch, inductor_cache):
+    import torch._dynamo.utils
+
+    from clinlm.methods.sft import SFTMethod
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    _, eager, w_eager = _train(tmp_path, tiny_llama, "eager")
+    assert eager["torch_compile"] is None
+
+    before = torch._dynamo.utils.counters["frames"]["ok"]
+    run, compiled, w_comp = _train(tmp_path, tiny_llama, "compiled", torch_compile=True)
+    assert torch._dynamo.utils.counters["frames"]["ok"] > before  # dynamo really compiled
+    assert compiled["torch_compile"] == {"backend": "inductor", "mode": "default",
+                                         "use_regional_compilation": True, "dynamic": True,
+                                         "blocks": 2}  # the tiny Llama's two decoder layers
+    # compiled here, not by the Trainer: nothing exported for later runs in this process
+    assert "ACCELERATE_DYNAMO_BACKEND" not in os.environ
+    # in place: the adapter has the same tensors, and the same training in float32
+    assert w_comp.keys() == w_eager.keys()
+    assert compiled["first_loss"] == pytest.approx(eager["first_loss"], rel=1e-3)
+    for key, w in w_eager.items():
+        torch.testing.assert_close(w_comp[key], w, rtol=2e-2, atol=2e-3)
+    p = SFTMethod().predict(run, waits_rows(4))["p_yes"].to_numpy()
+    assert ((p > 0) & (p < 1)).all()
+
+
+@needs_compiler
+def test_head_method_compiles_too(tmp_path, tiny_llama, monkeypatch, inductor_cache):
+    from clinlm.methods.head import HeadMethod
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache)
+    cfg = {"method": "head", "base": str(tiny_llama), "max_train_rows": None, "bnb": {},
+           "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "task_type": "SEQ_CLS",
+                    "target_modules": ["q_proj", "v_proj"]},
+           "dynamo": {"use_regional_compilation": True, "dynamic": True},
+           "training": {"per_device_train_batch_size": 8, "max_steps": 2, "learning_rate": 1e-2,
+                        "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+                        "torch_compile": True},
+           "predict": {"batch_size": 8, "max_length": 64}}
+    run = Run("noshow", "classification", "h", cfg, tmp_path / "h", tmp_path / "h", seed=0,
+              task_cfg=YES_NO_TASK)
+    info = HeadMethod().train(run, waits_rows(16))
+    assert info["torch_compile"]["blocks"] == 2 and info["steps"] == 2
+    p = HeadMethod().predict(run, waits_rows(4))["p_yes"].to_numpy()
+    assert ((p > 0) & (p < 1)).all()
