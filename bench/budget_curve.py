@@ -45,8 +45,9 @@ Outputs: ``bench/budget_curve_<task>.json`` and ``.md`` (``--out``); checkpoints
 predictions in ``data/budget_curve/<out name>`` (``--work``). Levers, each with its own
 ``--out``: model and prompt keys as ``-S`` here (``-S 'tasks.noshow.prompt.system=""'``,
 ``-S models.smollm2-sft.training.learning_rate=0.0005``, ``lora.r``, ``num_train_epochs``;
-``-S models.smollm2-sft.training.torch_compile=true``: compiled decoder layers, 1.2x the
-default's tokens/s on the Zen 5 EPYC after ~40 s of compiling, which the budget counts);
+``training.torch_compile``: its ``auto`` compiles the decoder layers of a run this long
+(1.2x the uncompiled tokens/s on the Zen 5 EPYC, after ~40 s of compiling that the budget
+counts), ``-S models.smollm2-sft.training.torch_compile=false`` does not);
 data levers rebuild the split first (``dvc exp run -S tasks.noshow.statements.style=compact
 split@noshow``): ``-S`` here does not rerun the pipeline.
 """

@@ -60,7 +60,8 @@ def _message(model: type[BaseModel], err: Any, where: str) -> str:
     return f"{name}: {err['msg']} (got {err.get('input')!r})"
 
 
-LIBRARY_SECTIONS = {"bnb": "bnb", "lora": "lora", "sft": "sft", "training": "training"}
+LIBRARY_SECTIONS = {"bnb": "bnb", "lora": "lora", "sft": "sft", "training": "training",
+                    "dynamo": "dynamo"}
 """Model keys whose values are checked against a library class (see ``clinlm.params``)."""
 
 

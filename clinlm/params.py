@@ -168,6 +168,10 @@ def _library_fields(kind: str) -> dict[str, Any]:
     if kind == "lora":
         from peft import LoraConfig
         return _dataclass_fields(LoraConfig)
+    if kind == "dynamo":  # backend and mode are TrainingArguments' torch_compile_backend / _mode
+        from accelerate.utils import TorchDynamoPlugin
+        return {k: v for k, v in _dataclass_fields(TorchDynamoPlugin).items()
+                if k not in ("backend", "mode")}
     from transformers import TrainingArguments
     training = _dataclass_fields(TrainingArguments)
     if kind == "training":
@@ -193,6 +197,8 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
             raise ParamsError(f"{prefix}.{key}: not a field of the library's {kind} config{hint}")
         if value == "auto" and (kind, key) in AUTO_PRECISION:
             continue  # resolved to this machine's precision at run time (clinlm.llm.precision)
+        if value == "auto" and (kind, key) == ("training", "torch_compile"):
+            continue  # resolved by the run's length and the machine (clinlm.llm.fit.resolve_compile)
         if not _fits(value, fields[key]) or (value == "auto" and kind == "bnb"):
             hint = (f"; `auto` precision is accepted only for "
                     f"{', '.join(f'{k}.{f}' for k, f in AUTO_PRECISION)} (and the model's "

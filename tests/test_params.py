@@ -40,6 +40,9 @@ def test_repo_params_are_valid(params):
     (("models", "smollm2-head", "predict", "batch_size"), 0, "models.smollm2-head.predict.batch_size"),
     (("tasks", "noshow", "split", "test_size"), 1.2, "tasks.noshow.split.test_size"),
     (("tasks", "noshow", "download", "n_synthtic"), 300, "tasks.noshow.download.n_synthtic: unknown key"),
+    (("models", "smollm2-sft", "dynamo", "regional"), True, "models.smollm2-sft.dynamo.regional"),
+    (("models", "smollm2-sft", "dynamo", "backend"), "eager", "models.smollm2-sft.dynamo.backend"),
+    (("models", "smollm2-sft", "training", "torch_compile"), "maybe", "training.torch_compile"),
 ])
 def test_bad_values_name_the_key(params, path, value, needle):
     p = copy.deepcopy(params)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import shutil
 import sys
@@ -134,12 +135,24 @@ def _sort_adapter_config(path: Path) -> None:
 
 
 COMPILE_KEYS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
+# `torch_compile: auto` compiles from this many planned training tokens on. Measured on a 2-core
+# Zen 5 EPYC (BENCHMARKS.md, "Precision"): the cold compile of the decoder layer took 39 s in
+# bf16 (24 s in fp32) and saved 0.22 ms per token (0.30 ms in fp32), so it paid for itself
+# from ~175k tokens (~80k in fp32); 300k leaves a margin. The default `make repro` run plans
+# ~17k tokens (off), a 16,000-row budget run ~1.7M (on).
+AUTO_COMPILE_MIN_TOKENS = 300_000
 
 
-def check_dynamo(dynamo: dict[str, Any], training: dict[str, Any]) -> dict[str, Any] | None:
+def resolve_compile(dynamo: dict[str, Any], training: dict[str, Any],
+                    planned_tokens: int | None) -> dict[str, Any] | None:
     """What ``training.torch_compile`` will do (None: off), after checking the ``dynamo`` keys
-    (TorchDynamoPlugin fields) and, for inductor on a CPU, that a C++ compiler is there;
-    errors name the key."""
+    (TorchDynamoPlugin fields); errors name the key.
+
+    ``true`` (or a backend / mode, as in TrainingArguments) compiles; inductor on a CPU then
+    needs a C++ compiler (an error says so). ``auto`` compiles the decoder layers where it pays
+    off: on a CPU with a C++ compiler, with ``dynamo.use_regional_compilation``, and from
+    ``AUTO_COMPILE_MIN_TOKENS`` planned training tokens; elsewhere off (GPUs: not measured).
+    The returned facts (``requested``, ``reason`` for ``auto``) go to ``train_info``."""
     import dataclasses
 
     from accelerate.utils import TorchDynamoPlugin
@@ -149,16 +162,47 @@ def check_dynamo(dynamo: dict[str, Any], training: dict[str, Any]) -> dict[str, 
         raise ValueError(f"params.yaml: dynamo.{unknown[0]} is not a TorchDynamoPlugin field "
                          f"(backend and mode are training.torch_compile_backend / _mode); "
                          f"use one of {', '.join(sorted(fields))}")
+    requested = training.get("torch_compile")
+    if requested not in (None, True, False, "auto"):
+        raise ValueError(f"params.yaml: training.torch_compile is {requested!r}; use true, false "
+                         f"or auto")
+    info = {"backend": training.get("torch_compile_backend") or "inductor",
+            "mode": training.get("torch_compile_mode") or "default", **dynamo}
+    compiler = info["backend"] != "inductor" or device() != "cpu" \
+        or bool(shutil.which("g++") or shutil.which("c++"))
+    if requested == "auto":
+        tokens = planned_tokens or 0
+        off = ("not measured on GPUs" if device() != "cpu" else
+               "no C++ compiler (g++) for inductor" if not compiler else
+               "dynamo.use_regional_compilation is off" if not dynamo.get("use_regional_compilation")
+               else f"{tokens:,} planned tokens < {AUTO_COMPILE_MIN_TOKENS:,}"
+               if tokens < AUTO_COMPILE_MIN_TOKENS else None)
+        if off:
+            log.info("training.torch_compile: auto -> off (%s)", off)
+            return None
+        return {"requested": "auto", "reason": f"{tokens:,} planned tokens >= "
+                                               f"{AUTO_COMPILE_MIN_TOKENS:,}", **info}
     # as TrainingArguments: a backend or a mode switches compilation on
     if not any(training.get(k) for k in COMPILE_KEYS):
         return None
-    info = {"backend": training.get("torch_compile_backend") or "inductor",
-            "mode": training.get("torch_compile_mode") or "default", **dynamo}
-    if info["backend"] == "inductor" and device() == "cpu" and not (shutil.which("g++")
-                                                                   or shutil.which("c++")):
+    if not compiler:
         raise RuntimeError("training.torch_compile: inductor compiles C++ kernels on a CPU and no "
                            "C++ compiler (g++) is on PATH: install one or set torch_compile: false")
-    return info
+    return {"requested": True, **info}
+
+
+def planned_tokens(training: dict[str, Any], n_tokens: int | None, n_rows: int,
+                   world_size: int = 1) -> int | None:
+    """Training tokens the run will see: epochs x ``n_tokens``, or ``max_steps`` x rows per
+    step x tokens per row."""
+    if not n_tokens or not n_rows:
+        return None
+    steps = int(training.get("max_steps") or -1)
+    if steps > 0:
+        rows = steps * int(training.get("per_device_train_batch_size", 8)) \
+            * int(training.get("gradient_accumulation_steps", 1)) * world_size
+        return int(rows * n_tokens / n_rows)
+    return int(float(training.get("num_train_epochs", 3)) * n_tokens)
 
 
 def compile_repeated_blocks(model: Any, info: dict[str, Any]) -> int:
@@ -213,13 +257,17 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
     precision = report(cfg)  # `auto` -> this machine's dtype, recorded with its reason
     targs = build_training_kwargs(cfg.get("training") or {}, str(out / "checkpoints"), run.seed)
     dynamo = dict(cfg.get("dynamo") or {})
-    compiled = check_dynamo(dynamo, targs)
-    if compiled is not None and dynamo.get("use_regional_compilation"):
-        # compiled here, in place (see compile_repeated_blocks); the Trainer must not compile
-        # again, nor TrainingArguments export ACCELERATE_DYNAMO_* for later runs in this process
+    compiled = resolve_compile(dynamo, targs, planned_tokens(
+        targs, n_tokens, len(train_dataset), int(os.environ.get("WORLD_SIZE", 1))))
+    if compiled is None or dynamo.get("use_regional_compilation"):
+        # regional: compiled here, in place (see compile_repeated_blocks); the Trainer must
+        # not compile again, nor TrainingArguments export ACCELERATE_DYNAMO_* for later runs
         for key in COMPILE_KEYS:
             targs.pop(key, None)
-        compiled["blocks"] = compile_repeated_blocks(model, compiled)
+        if compiled is not None:
+            compiled["blocks"] = compile_repeated_blocks(model, compiled)
+    else:
+        targs["torch_compile"] = True  # the Trainer compiles the whole model
     if remove_unused_columns is not None:
         targs["remove_unused_columns"] = remove_unused_columns
     cbs = training_callbacks(targs, str(run.log_dir) if run.log_dir else None)

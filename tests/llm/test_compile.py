@@ -21,23 +21,51 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c+
 
 def test_unknown_dynamo_key_is_named():
     with pytest.raises(ValueError, match=r"dynamo\.use_regional\b.*TorchDynamoPlugin"):
-        F.check_dynamo({"use_regional": True}, {"torch_compile": True})
+        F.resolve_compile({"use_regional": True}, {"torch_compile": True}, None)
     with pytest.raises(ValueError, match=r"dynamo\.backend.*torch_compile_backend"):
-        F.check_dynamo({"backend": "inductor"}, {})
+        F.resolve_compile({"backend": "inductor"}, {}, None)
+    with pytest.raises(ValueError, match=r"training\.torch_compile is 'yes'"):
+        F.resolve_compile({}, {"torch_compile": "yes"}, None)
+
+
+DYN = {"use_regional_compilation": True, "dynamic": True}
 
 
 def test_compile_is_on_as_in_training_arguments(monkeypatch):
-    dyn = {"use_regional_compilation": True, "dynamic": True}
-    assert F.check_dynamo(dyn, {"torch_compile": False}) is None
-    assert F.check_dynamo(dyn, {}) is None
+    assert F.resolve_compile(DYN, {"torch_compile": False}, 10**9) is None
+    assert F.resolve_compile(DYN, {}, 10**9) is None
     # as TrainingArguments: a mode (or a backend) alone switches it on
-    assert F.check_dynamo(dyn, {"torch_compile_mode": "max-autotune"}) == {
-        "backend": "inductor", "mode": "max-autotune", **dyn}
+    assert F.resolve_compile(DYN, {"torch_compile_mode": "max-autotune"}, None) == {
+        "requested": True, "backend": "inductor", "mode": "max-autotune", **DYN}
     monkeypatch.setattr(F, "device", lambda: "cpu")
     monkeypatch.setattr(F.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match=r"training\.torch_compile.*g\+\+"):
-        F.check_dynamo(dyn, {"torch_compile": True})
-    assert F.check_dynamo(dyn, {"torch_compile": True, "torch_compile_backend": "eager"})
+        F.resolve_compile(DYN, {"torch_compile": True}, None)
+    assert F.resolve_compile(DYN, {"torch_compile": True, "torch_compile_backend": "eager"}, None)
+
+
+def test_auto_compiles_long_cpu_runs_only(monkeypatch):
+    monkeypatch.setattr(F, "device", lambda: "cpu")
+    monkeypatch.setattr(F.shutil, "which", lambda name: "/usr/bin/g++")
+    auto = {"torch_compile": "auto"}
+    big = F.AUTO_COMPILE_MIN_TOKENS
+    assert F.resolve_compile(DYN, auto, big - 1) is None          # the default make repro run
+    assert F.resolve_compile(DYN, auto, None) is None
+    on = F.resolve_compile(DYN, auto, big)
+    assert on["requested"] == "auto" and on["backend"] == "inductor" and "planned tokens" in on["reason"]
+    assert F.resolve_compile({"use_regional_compilation": False}, auto, 10 * big) is None
+    monkeypatch.setattr(F.shutil, "which", lambda name: None)     # auto never fails: off
+    assert F.resolve_compile(DYN, auto, 10 * big) is None
+    monkeypatch.setattr(F, "device", lambda: "cuda")
+    assert F.resolve_compile(DYN, auto, 10 * big) is None
+
+
+def test_planned_tokens():
+    assert F.planned_tokens({"num_train_epochs": 2}, 1000, 10) == 2000
+    # 5 steps x 4 rows x 2 accumulation x 2 processes = 80 rows of 100 tokens
+    assert F.planned_tokens({"max_steps": 5, "per_device_train_batch_size": 4,
+                             "gradient_accumulation_steps": 2}, 1000, 10, world_size=2) == 8000
+    assert F.planned_tokens({}, None, 10) is None
 
 
 def _train(tmp_path, tiny_llama, name: str, **training):
@@ -66,13 +94,13 @@ def test_regional_compile_trains_the_same_model(tmp_path, tiny_llama, monkeypatc
     from clinlm.methods.sft import SFTMethod
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache)
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
-    _, eager, w_eager = _train(tmp_path, tiny_llama, "eager")
-    assert eager["torch_compile"] is None
+    _, eager, w_eager = _train(tmp_path, tiny_llama, "eager", torch_compile="auto")
+    assert eager["torch_compile"] is None  # auto: 3 steps are far too few to pay for a compile
 
     before = torch._dynamo.utils.counters["frames"]["ok"]
     run, compiled, w_comp = _train(tmp_path, tiny_llama, "compiled", torch_compile=True)
     assert torch._dynamo.utils.counters["frames"]["ok"] > before  # dynamo really compiled
-    assert compiled["torch_compile"] == {"backend": "inductor", "mode": "default",
+    assert compiled["torch_compile"] == {"requested": True, "backend": "inductor", "mode": "default",
                                          "use_regional_compilation": True, "dynamic": True,
                                          "blocks": 2}  # the tiny Llama's two decoder layers
     # compiled here, not by the Trainer: nothing exported for later runs in this process
