@@ -194,6 +194,9 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
         if key not in fields:
             close = [f for f in fields if key.lower() in f.lower() or f.lower() in key.lower()]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            if kind == "dynamo":
+                hint += (" (accelerate's TorchDynamoPlugin; backend and mode are "
+                         "training.torch_compile_backend / _mode)")
             raise ParamsError(f"{prefix}.{key}: not a field of the library's {kind} config{hint}")
         if value == "auto" and (kind, key) in AUTO_PRECISION:
             continue  # resolved to this machine's precision at run time (clinlm.llm.precision)

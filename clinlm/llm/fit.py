@@ -153,15 +153,8 @@ def resolve_compile(dynamo: dict[str, Any], training: dict[str, Any],
     off: on a CPU with a C++ compiler, with ``dynamo.use_regional_compilation``, and from
     ``AUTO_COMPILE_MIN_TOKENS`` planned training tokens; elsewhere off (GPUs: not measured).
     The returned facts (``requested``, ``reason`` for ``auto``) go to ``train_info``."""
-    import dataclasses
-
-    from accelerate.utils import TorchDynamoPlugin
-    fields = {f.name for f in dataclasses.fields(TorchDynamoPlugin)} - {"backend", "mode"}
-    unknown = sorted(set(dynamo) - fields)
-    if unknown:
-        raise ValueError(f"params.yaml: dynamo.{unknown[0]} is not a TorchDynamoPlugin field "
-                         f"(backend and mode are training.torch_compile_backend / _mode); "
-                         f"use one of {', '.join(sorted(fields))}")
+    from clinlm.params import validate_library_section
+    validate_library_section("dynamo", "dynamo", dynamo)  # the params check, for any caller
     requested = training.get("torch_compile")
     if requested not in (None, True, False, "auto"):
         raise ValueError(f"params.yaml: training.torch_compile is {requested!r}; use true, false "
@@ -261,13 +254,12 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
         targs, n_tokens, len(train_dataset), int(os.environ.get("WORLD_SIZE", 1))))
     if compiled is None or dynamo.get("use_regional_compilation"):
         # regional: compiled here, in place (see compile_repeated_blocks); the Trainer must
-        # not compile again, nor TrainingArguments export ACCELERATE_DYNAMO_* for later runs
+        # not compile again, nor TrainingArguments export ACCELERATE_DYNAMO_* for later runs.
+        # Otherwise the keys stay: the Trainer compiles the whole model
         for key in COMPILE_KEYS:
             targs.pop(key, None)
         if compiled is not None:
             compiled["blocks"] = compile_repeated_blocks(model, compiled)
-    else:
-        targs["torch_compile"] = True  # the Trainer compiles the whole model
     if remove_unused_columns is not None:
         targs["remove_unused_columns"] = remove_unused_columns
     cbs = training_callbacks(targs, str(run.log_dir) if run.log_dir else None)
