@@ -3,8 +3,9 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install repro test test-fast lint bench clean
+.PHONY: install install-dev repro test test-fast lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=python3)"; exit 1; }
@@ -16,18 +17,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install everything (pinned)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+install: $(STAMP)  ## create .venv and install the runtime (pinned: requirements.txt)
+
+install-dev: $(DEV_STAMP)  ## + the test and lint tools (pinned: requirements-dev.txt)
 
 repro: $(STAMP)  ## run the whole pipeline on the embedded default (offline)
 	. $(BIN)/activate && dvc repro
 
-test: $(STAMP)  ## the test suite (< 15 min on 2 cores)
+test: $(DEV_STAMP)  ## the test suite (< 15 min on 2 cores)
 	. $(BIN)/activate && python -m pytest -q tests
 
-test-fast: $(STAMP)  ## unit tests only, without the `slow` ones (< 3 min on 2 cores)
+test-fast: $(DEV_STAMP)  ## unit tests only, without the `slow` ones (< 3 min on 2 cores)
 	. $(BIN)/activate && python -m pytest -q -m "not slow" tests
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	. $(BIN)/activate && ruff check .
 
 bench: $(STAMP)  ## throughput benchmark -> BENCHMARKS.md, bench/results.json
