@@ -69,7 +69,7 @@ def base_rate(run: Any) -> dict[str, Any]:
         label = pd.read_parquet(path, columns=["label"])["label"]
     except (FileNotFoundError, OSError, KeyError, ValueError) as e:
         log.info("%s: no base rate (%s)", path, e)
-        return {"text": f"base rate unknown ({path} not found)", "source": str(path)}
+        return {"text": f"unknown (no training split at {path})", "source": str(path)}
     out: dict[str, Any] = {"source": str(path), "n_train": len(label)}
     if run.task_type == "classification":
         share = float((label.astype(str) == "Yes").mean()) if len(label) else float("nan")

@@ -74,7 +74,14 @@ def project(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(project):
+def server(project):
+    with running_server(project, list(RUNS)) as (url, log):
+        yield url
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def page(server):
     pytest.importorskip("selenium", reason="selenium (requirements.txt) not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -84,14 +91,12 @@ def page(project):
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1400,1000"):
         opts.add_argument(a)
-    with running_server(project, list(RUNS)) as (url, log):
-        driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-        try:
-            driver.get(url + "/")
-            yield driver
-        finally:
-            driver.quit()
-    assert "Traceback" not in log.read_text()
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.get(server + "/")
+        yield driver
+    finally:
+        driver.quit()
 
 
 def wait_for(driver, css: str, timeout: float = 30):
@@ -132,6 +137,25 @@ def ask(driver, run: str) -> None:
 
 def summary(project: Path, run: str) -> dict:
     return json.loads((project / "metrics" / "summary.json").read_text())[RUNS[run]]["gbdt"]
+
+
+def test_api_runs_says_what_an_answer_is_worth(server, project):
+    """The same facts for an API client: notice, base rate, metric with interval, decision."""
+    import urllib.request
+
+    from clinlm.runinfo import NOTICE
+    with urllib.request.urlopen(server + "/api/runs", timeout=10) as r:
+        runs = {d["run"]: d for d in json.load(r)["runs"]}
+    for run in RUNS:
+        d, m = runs[run], summary(project, run)
+        key = d["metric"]["name"]
+        assert d["notice"] == NOTICE
+        assert d["metric"]["value"] == pytest.approx(m[key])
+        assert d["metric"]["ci95"] == pytest.approx(m["ci95"][key])
+        assert d["base_rate"]["n_train"] == json.loads(
+            (project / "data/processed" / RUNS[run] / "split.json").read_text())["n_train"]
+        assert all(f["label"] for f in d["fields"])
+    assert runs["noshow-gbdt"]["decision"]["threshold"] == 0.5
 
 
 def test_notice_is_visible(page):
@@ -213,6 +237,7 @@ def test_classification_answer_with_base_rate_metric_threshold(page, project, tm
     assert f"probability of Yes: {a['p_yes']:.3f}" in box.text
     assert "hypertension; diabetes and alcoholism not recorded" in a["statement"]
     assert "SMS reminder not recorded." in a["statement"]
+    assert "(booking time not recorded)" in a["statement"]  # a day without its time
     import pandas as pd
     train = pd.read_parquet(project / "data/processed/noshow/train.parquet")["label"]
     share = f"{100 * (train == 'Yes').mean():.1f} %"

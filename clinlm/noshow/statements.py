@@ -21,6 +21,8 @@ STYLES = ("full", "compact")
 #: the Kaggle columns a form may leave empty (then said "not recorded", never assumed 0)
 OPTIONAL_FLAGS = ("Scholarship", "Hipertension", "Diabetes", "Alcoholism", "Handcap",
                   "SMS_received")
+#: key of ``unrecorded`` for a booking given as a day without its time (no hour to tell)
+HOUR = "scheduled_hour"
 FEATURES = [
     "f_age", "f_female", "f_scholarship", "f_hipertension", "f_diabetes", "f_alcoholism",
     "f_handcap", "f_sms_received", "f_wait_days", "f_weekday", "f_scheduled_hour",
@@ -56,8 +58,8 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
     ``history=False`` leaves the patient-history sentence and features out (an ablation).
     ``style``: ``full`` (English sentences) or ``compact`` (the same facts in ~37 % fewer
     tokens, see :func:`compact_statements`); the ``f_*`` features are the same either way.
-    ``unrecorded``: boolean columns named after :data:`OPTIONAL_FLAGS` (rows aligned with
-    ``raw``), True where nobody gave that value (a form left empty): the statement then says
+    ``unrecorded``: boolean columns named after :data:`OPTIONAL_FLAGS` and :data:`HOUR`
+    (rows aligned with ``raw``), True where nobody gave that value (a form left empty): the statement then says
     "hypertension not recorded" instead of "no hypertension", and the ``f_*`` feature is NaN,
     so an answer is never computed from a value nobody entered. The Kaggle table has every
     value, so the training statements never use it.
@@ -77,7 +79,7 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
     hour = sched.dt.hour.to_numpy()
     flags = {c: raw[c].astype(np.int64) for c in OPTIONAL_FLAGS}
     unknown = {c: (np.zeros(len(raw), dtype=bool) if unrecorded is None or c not in unrecorded
-                   else unrecorded[c].to_numpy(dtype=bool)) for c in OPTIONAL_FLAGS}
+                   else unrecorded[c].to_numpy(dtype=bool)) for c in (*OPTIONAL_FLAGS, HOUR)}
     neighbourhood = raw["Neighbourhood"].astype(str).str.title()
 
     adult = age >= 18
@@ -119,7 +121,8 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
     else:
         statement = (
             age_txt + " from " + neighbourhood + ", appointment on a " + WEEKDAYS[weekday] + ", "
-            + when + " (scheduled at " + pd.Series(hour, index=raw.index).astype(str) + "h). "
+            + when + _at_hour(hour, unknown[HOUR], " (scheduled at ", "h). ",
+                              " (booking time not recorded). ")
             + "Conditions: " + cond_txt + handicap + ". " + welfare + " " + sms + " "
             + history_txt
         ).str.strip()
@@ -130,7 +133,8 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
         "label": np.where(noshow, "Yes", "No"),
         "f_age": age.to_numpy(), "f_female": female.astype(np.int64).to_numpy(),
         **{f"f_{c.lower()}": _known(flags[c], unknown[c]) for c in OPTIONAL_FLAGS},
-        "f_wait_days": wait.to_numpy(), "f_weekday": weekday, "f_scheduled_hour": hour,
+        "f_wait_days": wait.to_numpy(), "f_weekday": weekday,
+        "f_scheduled_hour": _known(pd.Series(hour), unknown[HOUR]),
         "f_prior_appointments": n_prior.to_numpy(), "f_prior_noshows": n_missed.to_numpy(),
         "f_neighbourhood": pd.Categorical(raw["Neighbourhood"].astype(str).to_numpy()),
     })
@@ -160,7 +164,7 @@ def compact_statements(age: pd.Series, female: pd.Series, neighbourhood: pd.Seri
     cond = pd.Series(_join_nonempty([np.where(flags[c] == 1, n, "") for c, n in names]),
                      index=idx).str.replace(", ", "+", regex=False)
     cond = cond.where(cond != "", "no hypertension/diabetes/alcoholism")
-    unknown = unknown or {c: np.zeros(len(idx), dtype=bool) for c in OPTIONAL_FLAGS}
+    unknown = unknown or {c: np.zeros(len(idx), dtype=bool) for c in (*OPTIONAL_FLAGS, HOUR)}
     cond = pd.Series(_conditions_unrecorded(cond.to_numpy(dtype=object), flags, unknown,
                                             "compact"), index=idx)
     disability = np.where(flags["Handcap"] > 0, ", disability " + flags["Handcap"].astype(str), "")
@@ -168,7 +172,9 @@ def compact_statements(age: pd.Series, female: pd.Series, neighbourhood: pd.Seri
     welfare = np.where(flags["Scholarship"] == 1, "welfare", "no welfare")
     sms = np.where(flags["SMS_received"] == 1, "SMS", "no SMS")
     out = (age_txt + ", " + neighbourhood + ", " + pd.Series(WEEKDAYS[weekday], index=idx).str[:3]
-           + ", " + wait_txt + " at " + pd.Series(hour, index=idx).astype(str) + "h, " + cond
+           + ", " + wait_txt
+           + pd.Series(_at_hour(hour, unknown[HOUR], " at ", "h, ", ", time not recorded, "),
+                       index=idx) + cond
            + disability + ", "
            + np.where(unknown["Scholarship"], "welfare not recorded", welfare)
            + ", " + np.where(unknown["SMS_received"], "SMS not recorded", sms))
@@ -178,6 +184,13 @@ def compact_statements(age: pd.Series, female: pd.Series, neighbourhood: pd.Seri
                              ", " + n.astype(str) + _plural(n, " earlier appt ", " earlier appts ")
                              + k.astype(str) + " missed")
     return out
+
+
+def _at_hour(hour: np.ndarray, unknown: np.ndarray, before: str, after: str,
+             unrecorded: str) -> np.ndarray:
+    """``before + hour + after``, or ``unrecorded`` where the booking time was not given."""
+    text = np.char.add(np.char.add(before, np.asarray(hour).astype(str)), after)
+    return np.where(unknown, unrecorded, text).astype(object)
 
 
 _CONDITIONS = (("Hipertension", "hypertension"), ("Diabetes", "diabetes"),

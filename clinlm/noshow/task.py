@@ -6,6 +6,7 @@ Raw folder (``data/raw/noshow``): ``appointments.csv`` in the Kaggle format
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,7 +17,7 @@ from clinlm.io import DataError
 from clinlm.noshow.schema import LABEL_COLUMN, read_csv, validate
 from clinlm.noshow.sources import NoshowDownload
 from clinlm.noshow.sources import download as download_source
-from clinlm.noshow.statements import OPTIONAL_FLAGS, build_statements
+from clinlm.noshow.statements import HOUR, OPTIONAL_FLAGS, build_statements
 from clinlm.tasks import Task, TaskConfig, check_records
 
 RAW_CSV = "appointments.csv"
@@ -107,6 +108,8 @@ class NoshowTask(Task):
             row["AppointmentID"] = row["AppointmentID"] or str(i)
             rows.append(row)
             unrecorded.append({c: unknown.get(c, False) for c in OPTIONAL_FLAGS})
+            # a booking day without its time: no hour to tell (not midnight)
+            unrecorded[-1][HOUR] = not _TIME.search(row["ScheduledDay"])
         raw = pd.DataFrame(rows)
         raw[LABEL_COLUMN] = "No"
         opts = self.statement_settings(cfg)
@@ -116,6 +119,7 @@ class NoshowTask(Task):
         return table
 
 
+_TIME = re.compile(r"\d[T ]\d{1,2}:\d{2}")
 _FLAG = {"true": "1", "false": "0", "yes": "1", "no": "0", "1": "1", "0": "0"}
 #: ``label``/``unit``: what a reader sees (the page, ``ask --list-fields``); ``name``: the
 #: Kaggle column the field fills. An optional field left empty is "not recorded", never 0.
@@ -125,8 +129,8 @@ _FIELDS: tuple[dict[str, Any], ...] = (
     {"name": "Age", "label": "Age", "kind": "number", "unit": "years", "choices": None,
      "required": True, "example": 45, "help": "age in years (0-115)"},
     {"name": "ScheduledDay", "label": "Booked on", "kind": "date", "unit": None,
-     "choices": None, "required": True, "example": "2016-04-25",
-     "help": "the day the appointment was booked"},
+     "choices": None, "required": True, "example": "2016-04-25 10:30",
+     "help": "when the appointment was booked (day, and time if known)"},
     {"name": "AppointmentDay", "label": "Appointment day", "kind": "date", "unit": None,
      "choices": None, "required": True, "example": "2016-05-02",
      "help": "the day of the appointment"},
