@@ -29,10 +29,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 RUNS = {"noshow-gbdt": "noshow", "vascular-gbdt": "vascular_age"}
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not (CHROMIUM and Path(DRIVER).exists()),
     reason="needs Debian's chromium + chromium-driver (apt-get install -y chromium "
-           "chromium-driver; .ci/run does it)")
+           "chromium-driver; .ci/run does it)"),
+    pytest.mark.slow]  # the project's stages and a server: ~30 s on 2 idle cores
 
 NOSHOW_REQUIRED = {"Gender": "F", "Age": "45", "ScheduledDay": "2016-04-25",
                    "AppointmentDay": "2016-05-02", "Neighbourhood": "JARDIM CAMBURI"}
