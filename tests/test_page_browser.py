@@ -275,3 +275,18 @@ def test_required_field_left_empty_is_refused_by_name(page, missing):
     assert f"missing required field: {label}" in err.text
     assert "bad" in page.find_element(By.ID, f"{run}--{missing}").get_attribute("class")
     assert not page.find_elements(By.CSS_SELECTOR, f"#run-{run} .answer")
+
+
+def test_impossible_value_is_refused_by_name(page):
+    """Refused in place, whether the server answers 422 or a per-row refusal."""
+    from selenium.webdriver.common.by import By
+    run = "noshow-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    for name, value in {**NOSHOW_REQUIRED, "Age": "200"}.items():
+        fill(page, run, name, value)
+    ask(page, run)
+    err = wait_for(page, f"#run-{run} .error")
+    assert "Age" in err.text and "115" in err.text
+    assert "bad" in page.find_element(By.ID, f"{run}--Age").get_attribute("class")
+    assert not page.find_elements(By.CSS_SELECTOR, f"#run-{run} .answer")
