@@ -59,10 +59,10 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
     ``style``: ``full`` (English sentences) or ``compact`` (the same facts in ~37 % fewer
     tokens, see :func:`compact_statements`); the ``f_*`` features are the same either way.
     ``unrecorded``: boolean columns named after :data:`OPTIONAL_FLAGS` and :data:`HOUR`
-    (rows aligned with ``raw``), True where nobody gave that value (a form left empty): the statement then says
-    "hypertension not recorded" instead of "no hypertension", and the ``f_*`` feature is NaN,
-    so an answer is never computed from a value nobody entered. The Kaggle table has every
-    value, so the training statements never use it.
+    (rows aligned with ``raw``), True where nobody gave that value (a form left empty): the
+    statement then says "hypertension not recorded" instead of "no hypertension", and the
+    ``f_*`` feature is NaN, so an answer is never computed from a value nobody entered. The
+    Kaggle table has every value, so the training statements never use it.
     """
     if style not in STYLES:
         raise ValueError(f"tasks.noshow.statements.style: {style!r} not one of {', '.join(STYLES)}")

@@ -17,8 +17,8 @@
 
 Missing values are left out of the sentence (``say_unrecorded=True``, for a case typed into a
 form: listed at the end as "Not recorded: total cholesterol, ECG."). The target column never
-appears, and when the
-target is chronological age (PTB-XL), age is left out of both the statement and ``f_*``.
+appears, and when the target is chronological age (PTB-XL), age is left out of both the
+statement and ``f_*``.
 Latent/derivation columns (``true_*``, ``vascular_age_framingham``, ``ecg_shift_years``,
 ``framingham_risk_10y``) are never used.
 """
