@@ -101,12 +101,17 @@ class Predictor:
             log.info("%s: no warm-up (%s)", self.name, e)
 
     def describe(self) -> dict[str, Any]:
-        """What a client needs to ask this run: task, method, question and input fields."""
+        """What a client needs to ask this run: task, method, question and input fields, and
+        what an answer is worth (:func:`clinlm.runinfo.run_info`: notice, base rate, test
+        metric with its interval, the threshold's meaning; read from files once, then kept)."""
+        if "_info" not in self.__dict__:
+            from clinlm.runinfo import run_info
+            self._info = run_info(self.run, self.threshold)
         return {"run": self.name, "task": self.run.task, "task_type": self.run.task_type,
                 "method": self.method, "model": self.run.model,
                 "question": self.question,
                 "threshold": self.threshold if self.classification else None,
-                "fields": self.fields}
+                "fields": self.fields, **self._info}
 
     @property
     def question(self) -> str:
@@ -260,6 +265,8 @@ def format_text(p: Predictor, a: Mapping[str, Any]) -> str:
                     f"90 % interval {a['y_lo']:.1f} to {a['y_hi']:.1f}")
         lines.append(f"answer:    {a['y_pred']:.1f}   {interval}")
     lines.append(f"statement: {a['statement']}")
+    lines += [f"base rate: {d['base_rate']['text']}", f"quality:   {d['metric']['text']}",
+              f"decision:  {d['decision']['text']}", f"notice:    {d['notice']}"]
     return "\n".join(lines)
 
 
@@ -270,7 +277,9 @@ def _fields_text(fields: list[dict[str, Any]]) -> str:
         if f.get("choices"):
             kind += " one of " + "/".join(map(str, f["choices"]))
         req = "required" if f.get("required") else "optional"
-        rows.append(f"  {f['name']:<22} {kind:<28} {req:<9} e.g. {f.get('example')!r}  {f.get('help', '')}")
+        label = f.get("label") or f["name"]
+        rows.append(f"  {f['name']:<22} {label:<30} {kind:<28} {req:<9} "
+                    f"e.g. {f.get('example')!r}  {f.get('help', '')}")
     return "\n".join(rows)
 
 

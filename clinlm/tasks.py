@@ -158,8 +158,10 @@ class Task:
     def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The fields one row is described by (``clinlm ask``, the served page's form).
 
-        Each: ``{"name", "kind": number|text|choice|date|bool, "unit", "choices",
-        "required", "example", "help"}``.
+        Each: ``{"name", "label", "kind": number|text|choice|date|bool, "unit", "choices",
+        "required", "example", "help"}``. ``label`` (and ``unit``) is what a reader sees;
+        ``example`` is a placeholder, never a value: an optional field left empty must be
+        said as not recorded by :meth:`table_from_records`, not filled in.
         """
         raise NotImplementedError
 

@@ -1,12 +1,14 @@
-"""Regenerate docs/serve.png: the serve page of a real server, each run answered once.
+"""Regenerate docs/page.png: the serve page of a real server, each run answered once.
 
     python docs/screenshot.py                      # after `make repro`: the default SmolLM2 sft runs
     python docs/screenshot.py --run noshow-gbdt --run vascular-gbdt --project /tmp/proj
 
 Starts ``python -m clinlm serve`` on a free 127.0.0.1 port in ``--project`` (the folder with
 params.yaml and data/models), opens the page in Debian's headless Chromium (Selenium +
-/usr/bin/chromedriver, nothing downloaded), presses Ask on every run's form (filled with the
-fields' own examples) and saves a full-page screenshot atomically.
+/usr/bin/chromedriver, nothing downloaded), fills every run's form as a person would (the
+required fields and the first half of the others with their examples, the rest left empty so
+the statement shows what "not recorded" looks like), presses Ask and saves a full-page
+screenshot atomically (a 64-colour PNG: a few tens of kB).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = ["noshow-smollm2-sft", "vascular-smollm2-sft"]
+
+#: fills a form (arguments[0]): required fields, then the first half of the others, each with
+#: its example (the page's fields start empty; the example is only a placeholder)
+FILL = """
+const els = [...arguments[0].querySelectorAll('input, select')];
+const req = el => el.closest('label').querySelector('.req') !== null;
+const rest = els.filter(el => !req(el) && el.dataset.example !== '');
+const pick = new Set([...els.filter(req), ...rest.slice(0, Math.ceil(rest.length / 2))]);
+for (const el of pick) {
+  let v = el.dataset.example;
+  if (el.tagName === 'SELECT') {
+    const ok = [...el.options].map(o => o.value);
+    v = ok.includes(v) ? v : ok[1];
+  }
+  el.value = v;
+  el.dispatchEvent(new Event('change'));
+}
+"""
 
 
 def _free_port() -> int:
@@ -49,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", help=f"runs to show (default: {DEFAULT_RUNS})")
     ap.add_argument("--project", type=Path, default=ROOT, help="folder with params.yaml")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "serve.png")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "page.png")
     ap.add_argument("--width", type=int, default=1360)
     args = ap.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -89,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs:
                 form = wait.until(ec.visibility_of_element_located(
                     (By.CSS_SELECTOR, f"#run-{r} form")))
+                driver.execute_script(FILL, form)
                 form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
                 wait.until(ec.visibility_of_element_located(
                     (By.CSS_SELECTOR, f"#run-{r} .answer, #run-{r} .error")))
@@ -101,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_path(args.out) as tmp:
                 if not driver.save_screenshot(str(tmp)):
                     raise SystemExit("chromium took no screenshot")
+                _shrink(tmp)
         finally:
             driver.quit()
     finally:
@@ -108,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=30)
     print(f"wrote {args.out}")
     return 0
+
+
+def _shrink(path: Path) -> None:
+    """A flat-colour page needs few colours: 64 keep it sharp at a fraction of the size."""
+    try:
+        from PIL import Image
+    except ImportError:  # the full-colour PNG is kept
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    small.save(path, format="PNG", optimize=True)
 
 
 if __name__ == "__main__":

@@ -1,49 +1,103 @@
 """The serve page in real headless Chromium (Debian's chromium + chromedriver, Selenium).
 
-Opens the page of a real server, fills a form, submits, and reads the answer, the
-uncertainty and the statement; then a bad input shows a clear message on the right field.
+The project is made by the pipeline's own stages (download, statements, split, train,
+predict, evaluate, compare) for the two gbdt runs, so the page has a training split for the
+base rate and a ``metrics/summary.json`` with bootstrap intervals. Checks what a clinician
+sees: the "not a medical device" notice, fields that start empty with the examples as
+placeholders and readable labels, an answer with the base rate, the test metric and its 95 %
+interval and the threshold's meaning beside it, empty optional fields said as "not recorded"
+in the statement, and a required field left empty refused by name.
 Skips, saying why, when chromium or its driver is not installed (`.ci/run` installs them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.serve_project import build_project, running_server
+from tests.conftest import ROOT
+from tests.serve_project import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+RUNS = {"noshow-gbdt": "noshow", "vascular-gbdt": "vascular_age"}
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not (CHROMIUM and Path(DRIVER).exists()),
     reason="needs Debian's chromium + chromium-driver (apt-get install -y chromium "
-           "chromium-driver; .ci/run does it)")
+           "chromium-driver; .ci/run does it)"),
+    pytest.mark.slow]  # the project's stages and a server: ~30 s on 2 idle cores
+
+NOSHOW_REQUIRED = {"Gender": "F", "Age": "45", "ScheduledDay": "2016-04-25",
+                   "AppointmentDay": "2016-05-02", "Neighbourhood": "JARDIM CAMBURI"}
+
+
+def _stage(module: str, *argv: str) -> None:
+    """One pipeline stage in this process (``python -m stages.<module> ...`` without the
+    interpreter start-up): the stages are ``__main__`` scripts."""
+    old = sys.argv
+    sys.argv = [module, *argv]
+    try:
+        runpy.run_module(f"stages.{module}", run_name="__main__")
+    finally:
+        sys.argv = old
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def project(tmp_path_factory) -> Path:
+    """A small project through the real stages for the gbdt runs of both tasks."""
+    root = tmp_path_factory.mktemp("page_project")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=400)
+    params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=60)
+    params["models"] = {"gbdt": {**params["models"]["gbdt"],
+                                 "hist_gbdt": {"max_iter": 30, "min_samples_leaf": 5}}}
+    params["runs"] = {**{method: {} for method in params["runs"]},
+                      "gbdt": {run: {"task": task, "model": "gbdt"}
+                               for run, task in RUNS.items()}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with contextlib.chdir(root):
+        for task in RUNS.values():
+            for stage in ("download", "statements", "split"):
+                _stage(stage, "--task", task)
+        for run in RUNS:
+            for stage in ("train", "predict", "evaluate"):
+                _stage(stage, run)
+        _stage("compare")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    with running_server(project, list(RUNS)) as (url, log):
+        yield url
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def page(server):
     pytest.importorskip("selenium", reason="selenium (requirements.txt) not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    project = build_project(tmp_path_factory)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1400,1000"):
         opts.add_argument(a)
-    with running_server(project, ["vascular-gbdt", "noshow-gbdt"]) as (url, log):
-        driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-        try:
-            driver.get(url + "/")
-            yield driver
-        finally:
-            driver.quit()
-    assert "Traceback" not in log.read_text()
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.get(server + "/")
+        yield driver
+    finally:
+        driver.quit()
 
 
 def wait_for(driver, css: str, timeout: float = 30):
@@ -54,12 +108,23 @@ def wait_for(driver, css: str, timeout: float = 30):
         ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
 
 
-def fill(driver, element_id: str, value: str) -> None:
+def fill(driver, run: str, name: str, value: str) -> None:
+    """Type into a text/number box, or pick a select's option by its value."""
     from selenium.webdriver.common.by import By
-    el = driver.find_element(By.ID, element_id)
+    from selenium.webdriver.support.ui import Select
+    el = driver.find_element(By.ID, f"{run}--{name}")
+    if el.tag_name == "select":
+        Select(el).select_by_value(value)
+        return
     el.clear()
     if value:
         el.send_keys(value)
+
+
+def clear_form(driver, run: str) -> None:
+    driver.execute_script(
+        "for (const el of document.querySelectorAll(arguments[0])) el.value = '';",
+        f"#run-{run} input, #run-{run} select")
 
 
 def ask(driver, run: str) -> None:
@@ -71,34 +136,157 @@ def ask(driver, run: str) -> None:
     card.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def test_regression_form_shows_estimate_interval_statement(page):
+def summary(project: Path, run: str) -> dict:
+    return json.loads((project / "metrics" / "summary.json").read_text())[RUNS[run]]["gbdt"]
+
+
+def test_api_runs_says_what_an_answer_is_worth(server, project):
+    """The same facts for an API client: notice, base rate, metric with interval, decision."""
+    import urllib.request
+
+    from clinlm.runinfo import NOTICE
+    with urllib.request.urlopen(server + "/api/runs", timeout=10) as r:
+        runs = {d["run"]: d for d in json.load(r)["runs"]}
+    for run in RUNS:
+        d, m = runs[run], summary(project, run)
+        key = d["metric"]["name"]
+        assert d["notice"] == NOTICE
+        assert d["metric"]["value"] == pytest.approx(m[key])
+        assert d["metric"]["ci95"] == pytest.approx(m["ci95"][key])
+        assert d["base_rate"]["n_train"] == json.loads(
+            (project / "data/processed" / RUNS[run] / "split.json").read_text())["n_train"]
+        assert all(f["label"] for f in d["fields"])
+    assert runs["noshow-gbdt"]["decision"]["threshold"] == 0.5
+
+
+def test_notice_is_visible(page):
+    notice = wait_for(page, "#notice")
+    assert "Research use only" in notice.text and "not a medical device" in notice.text
+    assert notice.rect["y"] < 200 and notice.rect["height"] > 10  # at the top, not hidden
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_fields_start_empty_with_examples_as_placeholders(page, run):
+    from selenium.webdriver.common.by import By
+    wait_for(page, f"#run-{run} form")
+    boxes = page.find_elements(By.CSS_SELECTOR, f"#run-{run} input")
+    selects = page.find_elements(By.CSS_SELECTOR, f"#run-{run} select")
+    assert boxes and selects
+    assert all(b.get_attribute("value") == "" for b in boxes + selects)
+    assert not page.find_elements(By.CSS_SELECTOR, f"#run-{run} input[type=checkbox]")
+    with_example = [b for b in boxes if b.get_attribute("data-example")]
+    assert with_example
+    for b in with_example:
+        assert b.get_attribute("placeholder") == f"e.g. {b.get_attribute('data-example')}"
+
+
+def test_labels_are_readable(page):
+    from selenium.webdriver.common.by import By
     wait_for(page, "#run-vascular-gbdt form")
-    fill(page, "vascular-gbdt--age", "47")
-    ask(page, "vascular-gbdt")
-    box = wait_for(page, "#run-vascular-gbdt .answer")
-    assert "90 % interval" in box.text and "47-year-old" in box.text
-    assert "Statement the model saw" in box.text
+    labels = {el.get_attribute("for"): el.find_element(By.CSS_SELECTOR, ".name").text
+              for el in page.find_elements(By.CSS_SELECTOR, "label")}
+    assert labels["noshow-gbdt--Hipertension"] == "Hypertension"
+    assert labels["noshow-gbdt--Age"].startswith("Age (years)")
+    assert labels["noshow-gbdt--SMS_received"] == "SMS reminder sent"
+    assert labels["vascular-gbdt--sbp_mmhg"] == "Systolic blood pressure (mmHg)"
+    assert labels["vascular-gbdt--qtc_ms"] == "QTc (corrected QT) (ms)"
+    text = " ".join(labels.values())
+    for raw in ("Hipertension", "Handcap", "sbp_mmhg", "qtc_ms", "SMS_received"):
+        assert raw not in text
+
+
+def test_regression_answer_with_base_rate_metric_interval_and_unrecorded(page, project):
+    run = "vascular-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    fill(page, run, "age", "47")
+    fill(page, run, "sex", "F")
+    ask(page, run)
+    box = wait_for(page, f"#run-{run} .answer")
     a = json.loads(box.get_attribute("data-answer"))
-    assert a["y_lo"] <= a["y_pred"] <= a["y_hi"]
-    assert f"{a['y_pred']:.1f}" in box.text
+    assert f"{a['y_pred']:.1f}" in box.text and "90 % interval" in box.text
+    # the statement: what was given, and what nobody entered said as such
+    assert "A 47-year-old woman." in a["statement"]
+    assert "Not recorded:" in a["statement"] and "total cholesterol" in a["statement"]
+    assert "ECG" in a["statement"] and "Statement the model saw" in box.text
+    # what the answer is worth, from the training split and metrics/summary.json
+    import pandas as pd
+    train = pd.read_parquet(project / "data/processed/vascular_age/train.parquet")["label"]
+    base = box.find_element("css selector", ".base-rate").text
+    assert f"training mean {train.mean():.1f}" in base
+    m = summary(project, run)
+    metric = box.find_element("css selector", ".metric").text
+    assert f"MAE {m['mae']:.2f}" in metric
+    assert f"95 % CI {m['ci95']['mae'][0]:.2f} to {m['ci95']['mae'][1]:.2f}" in metric
+    decision = box.find_element("css selector", ".decision").text
+    assert f"{100 * m['coverage_90']:.1f} % of test cases" in decision
+    assert "not a medical device" in box.text
 
 
-def test_classification_form_shows_probability(page, tmp_path):
-    ask(page, "noshow-gbdt")
-    box = wait_for(page, "#run-noshow-gbdt .answer")
+def test_classification_answer_with_base_rate_metric_threshold(page, project, tmp_path):
+    run = "noshow-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    for name, value in NOSHOW_REQUIRED.items():
+        fill(page, run, name, value)
+    fill(page, run, "Hipertension", "1")  # the other flags left empty
+    ask(page, run)
+    box = wait_for(page, f"#run-{run} .answer")
     a = json.loads(box.get_attribute("data-answer"))
     assert 0 <= a["p_yes"] <= 1 and a["prediction"] in ("Yes", "No")
-    assert f"probability of Yes: {a['p_yes']:.3f}" in box.text
     assert box.text.splitlines()[0] == a["prediction"]
+    assert f"probability of Yes: {a['p_yes']:.3f}" in box.text
+    assert "hypertension; diabetes and alcoholism not recorded" in a["statement"]
+    assert "SMS reminder not recorded." in a["statement"]
+    assert "(booking time not recorded)" in a["statement"]  # a day without its time
+    import pandas as pd
+    train = pd.read_parquet(project / "data/processed/noshow/train.parquet")["label"]
+    share = f"{100 * (train == 'Yes').mean():.1f} %"
+    assert f"base rate {share}" in box.text
+    assert box.find_element("css selector", ".base-rate").text.startswith(f"Base rate {share}")
+    m = summary(project, run)
+    metric = box.find_element("css selector", ".metric").text
+    lo, hi = m["ci95"]["roc_auc"]
+    assert f"ROC-AUC {m['roc_auc']:.3f} (95 % CI {lo:.3f} to {hi:.3f})" in metric
+    cm = m["confusion_matrix"]
+    flagged = 100 * (cm["tp"] + cm["fp"]) / m["n_test"]
+    decision = box.find_element("css selector", ".decision").text
+    assert "Yes when the predicted probability ≥ 0.5" in decision
+    assert f"{flagged:.1f} % of test cases were flagged" in decision
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1400, "height": page.execute_script(
+            "return document.documentElement.scrollHeight") + 20,
+        "deviceScaleFactor": 1, "mobile": False})
     assert page.save_screenshot(str(tmp_path / "page.png"))
 
 
-def test_bad_input_shows_the_field(page):
+@pytest.mark.parametrize("missing", ["Age", "Gender"])
+def test_required_field_left_empty_is_refused_by_name(page, missing):
     from selenium.webdriver.common.by import By
-    wait_for(page, "#run-noshow-gbdt form")
-    fill(page, "noshow-gbdt--Age", "")  # a required field left empty
-    ask(page, "noshow-gbdt")
-    err = wait_for(page, "#run-noshow-gbdt .error")
-    assert "Age" in err.text and "missing" in err.text
-    assert "bad" in page.find_element(By.ID, "noshow-gbdt--Age").get_attribute("class")
-    assert not page.find_elements(By.CSS_SELECTOR, "#run-noshow-gbdt .answer")
+    run = "noshow-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    for name, value in NOSHOW_REQUIRED.items():
+        if name != missing:
+            fill(page, run, name, value)
+    ask(page, run)
+    err = wait_for(page, f"#run-{run} .error")
+    label = {"Age": "Age", "Gender": "Sex"}[missing]
+    assert f"missing required field: {label}" in err.text
+    assert "bad" in page.find_element(By.ID, f"{run}--{missing}").get_attribute("class")
+    assert not page.find_elements(By.CSS_SELECTOR, f"#run-{run} .answer")
+
+
+def test_impossible_value_is_refused_by_name(page):
+    """Refused in place, whether the server answers 422 or a per-row refusal."""
+    from selenium.webdriver.common.by import By
+    run = "noshow-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    for name, value in {**NOSHOW_REQUIRED, "Age": "200"}.items():
+        fill(page, run, name, value)
+    ask(page, run)
+    err = wait_for(page, f"#run-{run} .error")
+    assert "Age" in err.text and "115" in err.text
+    assert "bad" in page.find_element(By.ID, f"{run}--Age").get_attribute("class")
+    assert not page.find_elements(By.CSS_SELECTOR, f"#run-{run} .answer")

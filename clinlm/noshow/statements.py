@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 WEEKDAYS = np.array(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"])
 STYLES = ("full", "compact")
+#: the Kaggle columns a form may leave empty (then said "not recorded", never assumed 0)
+OPTIONAL_FLAGS = ("Scholarship", "Hipertension", "Diabetes", "Alcoholism", "Handcap",
+                  "SMS_received")
+#: key of ``unrecorded`` for a booking given as a day without its time (no hour to tell)
+HOUR = "scheduled_hour"
 FEATURES = [
     "f_age", "f_female", "f_scholarship", "f_hipertension", "f_diabetes", "f_alcoholism",
     "f_handcap", "f_sms_received", "f_wait_days", "f_weekday", "f_scheduled_hour",
@@ -46,12 +51,18 @@ def _plural(n: pd.Series, one: str, many: str) -> pd.Series:
     return np.where(n == 1, one, many)
 
 
-def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full") -> pd.DataFrame:
+def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full",
+                     unrecorded: pd.DataFrame | None = None) -> pd.DataFrame:
     """Turn a validated Kaggle-schema table into ``id, group, statement, label, f_*`` columns.
 
     ``history=False`` leaves the patient-history sentence and features out (an ablation).
     ``style``: ``full`` (English sentences) or ``compact`` (the same facts in ~37 % fewer
     tokens, see :func:`compact_statements`); the ``f_*`` features are the same either way.
+    ``unrecorded``: boolean columns named after :data:`OPTIONAL_FLAGS` and :data:`HOUR`
+    (rows aligned with ``raw``), True where nobody gave that value (a form left empty): the
+    statement then says "hypertension not recorded" instead of "no hypertension", and the
+    ``f_*`` feature is NaN, so an answer is never computed from a value nobody entered. The
+    Kaggle table has every value, so the training statements never use it.
     """
     if style not in STYLES:
         raise ValueError(f"tasks.noshow.statements.style: {style!r} not one of {', '.join(STYLES)}")
@@ -66,8 +77,9 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
     female = raw["Gender"].eq("F")
     weekday = appt.dt.weekday.to_numpy()
     hour = sched.dt.hour.to_numpy()
-    flags = {c: raw[c].astype(np.int64) for c in
-             ["Scholarship", "Hipertension", "Diabetes", "Alcoholism", "Handcap", "SMS_received"]}
+    flags = {c: raw[c].astype(np.int64) for c in OPTIONAL_FLAGS}
+    unknown = {c: (np.zeros(len(raw), dtype=bool) if unrecorded is None or c not in unrecorded
+                   else unrecorded[c].to_numpy(dtype=bool)) for c in (*OPTIONAL_FLAGS, HOUR)}
     neighbourhood = raw["Neighbourhood"].astype(str).str.title()
 
     adult = age >= 18
@@ -86,10 +98,15 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
         conditions.append(np.where(flags[col] == 1, name, ""))
     cond = _join_nonempty(conditions)
     cond_txt = np.where(cond == "", "no hypertension, diabetes or alcoholism", cond)
+    cond_txt = _conditions_unrecorded(cond_txt, flags, unknown, "full")
     handicap = np.where(flags["Handcap"] > 0,
                         "; disability level " + flags["Handcap"].astype(str), "")
+    handicap = np.where(unknown["Handcap"], "; disability level not recorded", handicap)
     scholarship = np.where(flags["Scholarship"] == 1, "receives", "does not receive")
+    welfare = pronoun + " " + scholarship + " Bolsa Familia welfare."
+    welfare = welfare.where(~unknown["Scholarship"], "Bolsa Familia welfare not recorded.")
     sms = np.where(flags["SMS_received"] == 1, "An SMS reminder was sent.", "No SMS reminder was sent.")
+    sms = np.where(unknown["SMS_received"], "SMS reminder not recorded.", sms)
     n_prior, n_missed = hist["prior_appointments"], hist["prior_noshows"]
     history_txt = np.where(
         n_prior == 0, "No earlier appointments on record.",
@@ -100,13 +117,14 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
         history_txt = np.full(len(raw), "", dtype=object)
     if style == "compact":
         statement = compact_statements(age, female, neighbourhood, weekday, wait, hour, flags,
-                                       hist if history else None)
+                                       hist if history else None, unknown)
     else:
         statement = (
             age_txt + " from " + neighbourhood + ", appointment on a " + WEEKDAYS[weekday] + ", "
-            + when + " (scheduled at " + pd.Series(hour, index=raw.index).astype(str) + "h). "
-            + "Conditions: " + cond_txt + handicap + ". " + pronoun + " " + scholarship
-            + " Bolsa Familia welfare. " + sms + " " + history_txt
+            + when + _at_hour(hour, unknown[HOUR], " (scheduled at ", "h). ",
+                              " (booking time not recorded). ")
+            + "Conditions: " + cond_txt + handicap + ". " + welfare + " " + sms + " "
+            + history_txt
         ).str.strip()
     out = pd.DataFrame({
         "id": raw["AppointmentID"].astype(str).to_numpy(),
@@ -114,11 +132,9 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
         "statement": statement.to_numpy(),
         "label": np.where(noshow, "Yes", "No"),
         "f_age": age.to_numpy(), "f_female": female.astype(np.int64).to_numpy(),
-        "f_scholarship": flags["Scholarship"].to_numpy(),
-        "f_hipertension": flags["Hipertension"].to_numpy(),
-        "f_diabetes": flags["Diabetes"].to_numpy(), "f_alcoholism": flags["Alcoholism"].to_numpy(),
-        "f_handcap": flags["Handcap"].to_numpy(), "f_sms_received": flags["SMS_received"].to_numpy(),
-        "f_wait_days": wait.to_numpy(), "f_weekday": weekday, "f_scheduled_hour": hour,
+        **{f"f_{c.lower()}": _known(flags[c], unknown[c]) for c in OPTIONAL_FLAGS},
+        "f_wait_days": wait.to_numpy(), "f_weekday": weekday,
+        "f_scheduled_hour": _known(pd.Series(hour), unknown[HOUR]),
         "f_prior_appointments": n_prior.to_numpy(), "f_prior_noshows": n_missed.to_numpy(),
         "f_neighbourhood": pd.Categorical(raw["Neighbourhood"].astype(str).to_numpy()),
     })
@@ -129,7 +145,8 @@ def build_statements(raw: pd.DataFrame, history: bool = True, style: str = "full
 
 def compact_statements(age: pd.Series, female: pd.Series, neighbourhood: pd.Series,
                        weekday: np.ndarray, wait: pd.Series, hour: np.ndarray,
-                       flags: dict[str, pd.Series], hist: pd.DataFrame | None) -> pd.Series:
+                       flags: dict[str, pd.Series], hist: pd.DataFrame | None,
+                       unknown: dict[str, np.ndarray] | None = None) -> pd.Series:
     """The facts of the full statement in fewer tokens (vectorized), e.g.
     ``F 45y, Jardim Camburi, Mon, booked 7d ahead at 10h, no hypertension/diabetes/alcoholism,
     no welfare, SMS, 2 earlier appts 1 missed``.
@@ -147,16 +164,64 @@ def compact_statements(age: pd.Series, female: pd.Series, neighbourhood: pd.Seri
     cond = pd.Series(_join_nonempty([np.where(flags[c] == 1, n, "") for c, n in names]),
                      index=idx).str.replace(", ", "+", regex=False)
     cond = cond.where(cond != "", "no hypertension/diabetes/alcoholism")
+    unknown = unknown or {c: np.zeros(len(idx), dtype=bool) for c in (*OPTIONAL_FLAGS, HOUR)}
+    cond = pd.Series(_conditions_unrecorded(cond.to_numpy(dtype=object), flags, unknown,
+                                            "compact"), index=idx)
     disability = np.where(flags["Handcap"] > 0, ", disability " + flags["Handcap"].astype(str), "")
+    disability = np.where(unknown["Handcap"], ", disability not recorded", disability)
+    welfare = np.where(flags["Scholarship"] == 1, "welfare", "no welfare")
+    sms = np.where(flags["SMS_received"] == 1, "SMS", "no SMS")
     out = (age_txt + ", " + neighbourhood + ", " + pd.Series(WEEKDAYS[weekday], index=idx).str[:3]
-           + ", " + wait_txt + " at " + pd.Series(hour, index=idx).astype(str) + "h, " + cond
-           + disability + ", " + np.where(flags["Scholarship"] == 1, "welfare", "no welfare")
-           + ", " + np.where(flags["SMS_received"] == 1, "SMS", "no SMS"))
+           + ", " + wait_txt
+           + pd.Series(_at_hour(hour, unknown[HOUR], " at ", "h, ", ", time not recorded, "),
+                       index=idx) + cond
+           + disability + ", "
+           + np.where(unknown["Scholarship"], "welfare not recorded", welfare)
+           + ", " + np.where(unknown["SMS_received"], "SMS not recorded", sms))
     if hist is not None:
         n, k = hist["prior_appointments"], hist["prior_noshows"]
         out = out + np.where(n == 0, ", no earlier appts",
                              ", " + n.astype(str) + _plural(n, " earlier appt ", " earlier appts ")
                              + k.astype(str) + " missed")
+    return out
+
+
+def _at_hour(hour: np.ndarray, unknown: np.ndarray, before: str, after: str,
+             unrecorded: str) -> np.ndarray:
+    """``before + hour + after``, or ``unrecorded`` where the booking time was not given."""
+    text = np.char.add(np.char.add(before, np.asarray(hour).astype(str)), after)
+    return np.where(unknown, unrecorded, text).astype(object)
+
+
+_CONDITIONS = (("Hipertension", "hypertension"), ("Diabetes", "diabetes"),
+               ("Alcoholism", "alcoholism"))
+
+
+def _known(values: pd.Series, unknown: np.ndarray) -> np.ndarray:
+    """A flag's feature: the integers as before, float with NaN where it was not recorded."""
+    return values.to_numpy() if not unknown.any() else values.to_numpy(float) * np.where(
+        unknown, np.nan, 1.0)
+
+
+def _conditions_unrecorded(cond_txt: np.ndarray, flags: dict[str, pd.Series],
+                           unknown: dict[str, np.ndarray], style: str) -> np.ndarray:
+    """The conditions text of rows where a condition was not recorded: the ones present, then
+    ``no X`` for the ones recorded absent, then ``X not recorded``, separated by ``; `` (e.g.
+    "hypertension; no diabetes; alcoholism not recorded"); other rows: unchanged.
+
+    A loop over those rows only: they come from a form, a few at a time.
+    """
+    out = np.asarray(cond_txt, dtype=object).copy()
+    rows = np.flatnonzero(np.any([unknown[c] for c, _ in _CONDITIONS], axis=0))
+    sep = "+" if style == "compact" else ", "
+    for i in rows:
+        yes = [n for c, n in _CONDITIONS if not unknown[c][i] and flags[c].iloc[i] == 1]
+        no = [n for c, n in _CONDITIONS if not unknown[c][i] and flags[c].iloc[i] != 1]
+        unk = [n for c, n in _CONDITIONS if unknown[c][i]]
+        parts = ([sep.join(yes)] if yes else []) + (["no " + " or ".join(no)] if no else [])
+        parts.append((", ".join(unk[:-1]) + " and " if len(unk) > 1 else "") + unk[-1]
+                     + " not recorded")
+        out[i] = "; ".join(parts)
     return out
 
 

@@ -6,6 +6,7 @@ Raw folder (``data/raw/noshow``): ``appointments.csv`` in the Kaggle format
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,7 +17,7 @@ from clinlm.io import DataError
 from clinlm.noshow.schema import LABEL_COLUMN, read_csv, validate
 from clinlm.noshow.sources import NoshowDownload
 from clinlm.noshow.sources import download as download_source
-from clinlm.noshow.statements import build_statements
+from clinlm.noshow.statements import HOUR, OPTIONAL_FLAGS, build_statements
 from clinlm.tasks import Task, TaskConfig, check_records
 
 RAW_CSV = "appointments.csv"
@@ -78,65 +79,80 @@ class NoshowTask(Task):
         """Statements table (``label`` empty) for appointments given as ``{field: value}``.
 
         The Kaggle validation (:func:`~clinlm.noshow.schema.validate`); flags also accept
-        ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID`` are optional.
+        ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID`` are optional. A
+        required field left out is an error naming it; an optional flag left out is "not
+        recorded" in the statement and NaN in its ``f_*`` feature (never taken as 0).
         Each record is a separate patient with no earlier appointments, unless records share a
         ``PatientId`` (then the earlier ones are its history, outcomes unknown = attended).
         A :class:`~clinlm.io.DataError` names ``source``, the 1-based record and the field.
         """
         names = [f["name"] for f in _FIELDS]
         check_records(records, names, source)
-        rows = []
+        rows, unrecorded = [], []
         for i, rec in enumerate(records, 1):
-            row = {}
+            row, unknown = {}, {}
             for f in _FIELDS:
-                v = rec.get(f["name"], f.get("default"))
+                v = rec.get(f["name"])
                 if v is None or (isinstance(v, str) and not v.strip()):
                     if f["required"]:
-                        raise DataError(source, f"missing required field ({f['help']})",
-                                        row=i, column=f["name"])
-                    v = ""
+                        raise DataError(source, f"missing required field: {f['label']} "
+                                                f"({f['help']})", row=i, column=f["name"])
+                    # said "not recorded" in the statement, NaN in f_*; the 0 only passes
+                    # the Kaggle validation and is never read (build_statements' unrecorded)
+                    unknown[f["name"]] = True
+                    v = "0" if f["name"] in OPTIONAL_FLAGS else ""
                 if f["kind"] == "bool":
                     v = _FLAG.get(str(v).strip().lower(), v)
                 row[f["name"]] = str(v)
             row["PatientId"] = row["PatientId"] or str(i)
             row["AppointmentID"] = row["AppointmentID"] or str(i)
             rows.append(row)
+            unrecorded.append({c: unknown.get(c, False) for c in OPTIONAL_FLAGS})
+            # a booking day without its time: no hour to tell (not midnight)
+            unrecorded[-1][HOUR] = not _TIME.search(row["ScheduledDay"])
         raw = pd.DataFrame(rows)
         raw[LABEL_COLUMN] = "No"
         opts = self.statement_settings(cfg)
         table = build_statements(validate(raw, source)[0], history=opts.history,
-                                 style=opts.style)
+                                 style=opts.style, unrecorded=pd.DataFrame(unrecorded))
         table["label"] = None
         return table
 
 
+_TIME = re.compile(r"\d[T ]\d{1,2}:\d{2}")
 _FLAG = {"true": "1", "false": "0", "yes": "1", "no": "0", "1": "1", "0": "0"}
+#: ``label``/``unit``: what a reader sees (the page, ``ask --list-fields``); ``name``: the
+#: Kaggle column the field fills. An optional field left empty is "not recorded", never 0.
 _FIELDS: tuple[dict[str, Any], ...] = (
-    {"name": "Gender", "kind": "choice", "unit": None, "choices": ["F", "M"], "required": True,
-     "example": "F", "help": "F or M"},
-    {"name": "Age", "kind": "number", "unit": "years", "choices": None, "required": True,
-     "example": 45, "help": "age in years (0-115)"},
-    {"name": "ScheduledDay", "kind": "date", "unit": None, "choices": None, "required": True,
-     "example": "2016-04-25", "help": "the day the appointment was booked"},
-    {"name": "AppointmentDay", "kind": "date", "unit": None, "choices": None,
-     "required": True, "example": "2016-05-02", "help": "the day of the appointment"},
-    {"name": "Neighbourhood", "kind": "text", "unit": None, "choices": None, "required": True,
-     "example": "JARDIM CAMBURI", "help": "where the appointment takes place"},
-    {"name": "Scholarship", "kind": "bool", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 0, "help": "enrolled in the Bolsa Familia welfare programme"},
-    {"name": "Hipertension", "kind": "bool", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 0, "help": "hypertension"},
-    {"name": "Diabetes", "kind": "bool", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 0, "help": "diabetes"},
-    {"name": "Alcoholism", "kind": "bool", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 0, "help": "alcoholism"},
-    {"name": "Handcap", "kind": "number", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 0, "help": "number of handicaps (0-4)"},
-    {"name": "SMS_received", "kind": "bool", "unit": None, "choices": None, "required": False,
-     "default": 0, "example": 1, "help": "an SMS reminder was sent"},
-    {"name": "PatientId", "kind": "text", "unit": None, "choices": None, "required": False,
-     "example": None, "help": "optional; records sharing it form one patient's history"},
-    {"name": "AppointmentID", "kind": "text", "unit": None, "choices": None,
-     "required": False, "example": None, "help": "optional"},
+    {"name": "Gender", "label": "Sex", "kind": "choice", "unit": None, "choices": ["F", "M"],
+     "required": True, "example": "F", "help": "F or M"},
+    {"name": "Age", "label": "Age", "kind": "number", "unit": "years", "choices": None,
+     "required": True, "example": 45, "help": "age in years (0-115)"},
+    {"name": "ScheduledDay", "label": "Booked on", "kind": "date", "unit": None,
+     "choices": None, "required": True, "example": "2016-04-25 10:30",
+     "help": "when the appointment was booked (day, and time if known)"},
+    {"name": "AppointmentDay", "label": "Appointment day", "kind": "date", "unit": None,
+     "choices": None, "required": True, "example": "2016-05-02",
+     "help": "the day of the appointment"},
+    {"name": "Neighbourhood", "label": "Neighbourhood", "kind": "text", "unit": None,
+     "choices": None, "required": True, "example": "JARDIM CAMBURI",
+     "help": "where the appointment takes place"},
+    {"name": "Scholarship", "label": "Bolsa Familia welfare", "kind": "bool", "unit": None,
+     "choices": None, "required": False, "example": 0,
+     "help": "enrolled in the Bolsa Familia welfare programme"},
+    {"name": "Hipertension", "label": "Hypertension", "kind": "bool", "unit": None,
+     "choices": None, "required": False, "example": 0, "help": "hypertension"},
+    {"name": "Diabetes", "label": "Diabetes", "kind": "bool", "unit": None, "choices": None,
+     "required": False, "example": 0, "help": "diabetes"},
+    {"name": "Alcoholism", "label": "Alcoholism", "kind": "bool", "unit": None,
+     "choices": None, "required": False, "example": 0, "help": "alcoholism"},
+    {"name": "Handcap", "label": "Disability level", "kind": "number", "unit": None,
+     "choices": None, "required": False, "example": 0, "help": "number of handicaps (0-4)"},
+    {"name": "SMS_received", "label": "SMS reminder sent", "kind": "bool", "unit": None,
+     "choices": None, "required": False, "example": 1, "help": "an SMS reminder was sent"},
+    {"name": "PatientId", "label": "Patient id", "kind": "text", "unit": None,
+     "choices": None, "required": False, "example": None,
+     "help": "optional; records sharing it form one patient's history"},
+    {"name": "AppointmentID", "label": "Appointment id", "kind": "text", "unit": None,
+     "choices": None, "required": False, "example": None, "help": "optional"},
 )
-

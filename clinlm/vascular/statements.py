@@ -15,8 +15,10 @@
 * ``f_*`` numeric features carrying exactly the statement's information, rounded as
   printed (``f_sex_male`` 1/0; booleans 1/0; NaN where the statement omits the item).
 
-Missing values are left out of the sentence. The target column never appears, and when the
-target is chronological age (PTB-XL), age is left out of both the statement and ``f_*``.
+Missing values are left out of the sentence (``say_unrecorded=True``, for a case typed into a
+form: listed at the end as "Not recorded: total cholesterol, ECG."). The target column never
+appears, and when the target is chronological age (PTB-XL), age is left out of both the
+statement and ``f_*``.
 Latent/derivation columns (``true_*``, ``vascular_age_framingham``, ``ecg_shift_years``,
 ``framingham_risk_10y``) are never used.
 """
@@ -122,6 +124,41 @@ def _category(values: pd.Series, name: str, label: str, max_categories: int,
     return _piece(values.where(present), f"{label} " + values.astype(str))
 
 
+#: how an empty item is named in "Not recorded: ..." (the ECG items: their own labels)
+_UNRECORDED_NAMES = {"age": "age", "sex": "sex", "height_cm": "height", "weight_kg": "weight",
+                     "sbp_mmhg": "systolic blood pressure",
+                     "bp_treated": "blood pressure treatment",
+                     "total_chol_mgdl": "total cholesterol", "hdl_mgdl": "HDL cholesterol",
+                     "smoker": "smoking", "diabetes": "diabetes"}
+
+
+def _unrecorded(raw: pd.DataFrame, with_age: bool, with_risk: bool,
+                extra: list[dict]) -> pd.Series:
+    """`` Not recorded: a, b.`` per row for the items whose column is present but empty
+    ("" where everything is given); every ECG item empty -> the one word "ECG"."""
+    def empty(col: str) -> pd.Series:
+        return raw[col].isna() | raw[col].astype(str).str.strip().isin(["", "nan", "None"])
+
+    items: list[tuple[pd.Series, str]] = []
+    opening = (["age"] if with_age else []) + ["sex", "height_cm", "weight_kg"]
+    for col in opening + (list(RISK_COLUMNS) if with_risk else []):
+        if col in raw.columns:
+            items.append((empty(col), _UNRECORDED_NAMES[col]))
+    ecg = [(empty(it.column), it.label) for it in ECG_ITEMS if it.column in raw.columns]
+    ecg += [(empty(f["name"]), f["label"]) for f in extra
+            if f["section"] == "ecg" and f["name"] in raw.columns]
+    other = [(empty(f["name"]), f["label"]) for f in extra
+             if f["section"] != "ecg" and f["name"] in raw.columns]
+    no_ecg = (pd.concat([m for m, _ in ecg], axis=1).all(axis=1) if ecg
+              else pd.Series(False, index=raw.index))
+    items += [(m & ~no_ecg, label) for m, label in ecg] + [(no_ecg, "ECG")] + other
+    names = pd.Series("", index=raw.index)
+    for mask, label in items:
+        names = names + pd.Series(np.where(mask, ", " + label, ""), index=raw.index)
+    names = names.str.removeprefix(", ")
+    return (" Not recorded: " + names + ".").where(names != "", "")
+
+
 def _join(parts: list[pd.Series]) -> pd.Series:
     """Concatenate ", x" pieces and drop the leading separator."""
     out = parts[0]
@@ -132,7 +169,8 @@ def _join(parts: list[pd.Series]) -> pd.Series:
 
 def build_table(raw: pd.DataFrame, target_column: str = "vascular_age", *,
                 include_age: bool | None = None, include_risk_factors: bool | None = None,
-                id_column: str = "id", group_column: str = "subject_id") -> pd.DataFrame:
+                id_column: str = "id", group_column: str = "subject_id",
+                say_unrecorded: bool = False) -> pd.DataFrame:
     """Build ``id, group, statement, label, f_*`` from a raw vascular table.
 
     Args:
@@ -151,6 +189,11 @@ def build_table(raw: pd.DataFrame, target_column: str = "vascular_age", *,
             vascular age is defined from them).
         id_column, group_column: ids; ``group`` falls back to ``id`` when the group column
             is absent.
+        say_unrecorded: end the statement with "Not recorded: ..." naming each item whose
+            column is in ``raw`` but empty in that row ("ECG" when every ECG item is), so a
+            reader (and the model) is told what nobody entered rather than left to assume
+            it. Off for the pipeline's tables (their statements stay as trained); ``ask`` and
+            ``serve`` turn it on (``VascularAgeTask.table_from_records``).
     """
     if target_column not in raw.columns:
         raise ValueError(f"target column {target_column!r} not in table")
@@ -250,6 +293,10 @@ def build_table(raw: pd.DataFrame, target_column: str = "vascular_age", *,
     if other:
         txt = _join(other)
         sentence = sentence + (" Other: " + txt + ".").where(txt != "", "")
+
+    if say_unrecorded:
+        sentence = sentence + _unrecorded(raw, include_age and target_column != "age",
+                                          include_risk_factors, extra)
 
     ids = raw[id_column].astype(str)
     group = raw[group_column].astype(str) if group_column in raw.columns else ids

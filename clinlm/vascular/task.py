@@ -265,11 +265,13 @@ class VascularAgeTask(Task):
         for f in resolve(self._record_options(cfg).columns):
             kind = {"number": "number", "sex": "choice", "bool": "bool",
                     "category": "text"}[f.kind]
-            out.append({"name": f.column, "kind": kind, "unit": f.source_unit or None,
-                        "choices": ["M", "F"] if f.kind == "sex" else
+            help_ = f.label or _HELP.get(f.name, f.name)
+            out.append({"name": f.column, "label": help_[:1].upper() + help_[1:],
+                        "kind": kind, "unit": _UNITS.get(f.source_unit or "", f.source_unit)
+                        or None, "choices": ["M", "F"] if f.kind == "sex" else
                         (["yes", "no"] if f.kind == "bool" else None),
                         "required": False, "example": _EXAMPLES.get(f.name),
-                        "help": f.label or _HELP.get(f.name, f.name)})
+                        "help": help_})
         return out
 
     def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
@@ -289,7 +291,8 @@ class VascularAgeTask(Task):
                 raise DataError(source, "no field given", row=i)
         raw = pd.DataFrame([{k: "" if rec.get(k) is None else str(rec.get(k)) for k in known}
                             for rec in records], columns=list(opts.columns))
-        return self._statements(cfg, parse_frame(raw, opts, source, require_target=False))
+        return self._statements(cfg, parse_frame(raw, opts, source, require_target=False),
+                                say_unrecorded=True)
 
     def _record_options(self, cfg: Mapping[str, Any]) -> CsvOptions:
         """How a user's rows are read: the csv mapping, or the canonical fields."""
@@ -309,15 +312,17 @@ class VascularAgeTask(Task):
             cols[name] = CsvColumn(feature=feat)
         return CsvOptions(columns=cols, target_column="vascular_age")
 
-    def _statements(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> pd.DataFrame:
+    def _statements(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
+                    say_unrecorded: bool = False) -> pd.DataFrame:
         from clinlm.vascular.statements import build_table as statements_table
 
-        return statements_table(raw, "vascular_age", **self.statement_settings(cfg).model_dump())
+        return statements_table(raw, "vascular_age", say_unrecorded=say_unrecorded,
+                                **self.statement_settings(cfg).model_dump())
 
 
 #: what a canonical field is, for the form (``input_fields``)
 _HELP: dict[str, str] = {
-    "age": "age", "sex": "sex (M/F)", "height_cm": "height", "weight_kg": "weight",
+    "age": "age", "sex": "sex", "height_cm": "height", "weight_kg": "weight",
     "sbp_mmhg": "systolic blood pressure", "bp_treated": "blood pressure treated",
     "total_chol_mgdl": "total cholesterol", "hdl_mgdl": "HDL cholesterol", "smoker": "smoker",
     "diabetes": "diabetes", "hr_bpm": "heart rate", "pr_ms": "PR interval",
@@ -325,6 +330,8 @@ _HELP: dict[str, str] = {
     "p_axis_deg": "P axis", "qrs_axis_deg": "QRS axis", "t_axis_deg": "T axis",
     "sdnn_ms": "SDNN (heart-rate variability)", "rmssd_ms": "RMSSD (heart-rate variability)",
 }
+#: units as a reader writes them (the form, ``ask --list-fields``)
+_UNITS: dict[str, str] = {"deg": "°", "1": ""}
 #: example values for the form (``input_fields``), by stored column
 _EXAMPLES: dict[str, Any] = {
     "age": 58, "sex": "M", "height_cm": 176, "weight_kg": 82, "sbp_mmhg": 135,
