@@ -59,6 +59,8 @@ if __name__ == "__main__":
         run.log_dir = log_dir
         train_df = pd.read_parquet(run.data_dir / "train.parquet")
         info, timing = split_timing(method.train(run, train_df))
+        if "resumed_from_step" in info:  # this session's fact: the model equals an uninterrupted run's
+            timing["resumed_from_step"] = info.pop("resumed_from_step")
         info.update(answer_range_check(run, train_df))
         timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
         if main:

@@ -47,7 +47,7 @@ from pydantic import Field, PositiveInt
 from clinlm.config import Strict
 from clinlm.llm.config import LLMConfig, PredictConfig
 from clinlm.llm.scorer import Scorer, autocast_dtype
-from clinlm.methods.base import REGRESSION, Method, Run, subsample
+from clinlm.methods.base import REGRESSION, Method, Run
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,10 @@ class VLMMethod(Method):
 
         if run.task_type != REGRESSION:
             raise ValueError(f"vlm predicts a number; task {run.task} is {run.task_type}")
+        from clinlm.llm.validation import score_metrics, train_rows
+
         cfg = run.cfg
-        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
+        df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         prompts, paths = self._prompts_and_images(run, df)
         model, proc, family = load_vlm(
             cfg, lora=cfg["lora"], seed=run.seed,
@@ -278,10 +280,26 @@ class VLMMethod(Method):
         meta = {"family": family, "task_type": run.task_type,
                 "pretrained": parts.get("pretrained", ["all (from the base checkpoint)"]),
                 "random_init": parts.get("random_init", [])}
+        eval_rows, validate = None, None
+        if val is not None:  # eval_loss without augmentation; metrics from predict's decoding
+            v_prompts, v_paths = self._prompts_and_images(run, val)
+            eval_rows = [{"prompt": p, "image": str(i), "answer": a} for p, i, a in
+                         zip(v_prompts, v_paths, answer_strings(val["label"], proc.tokenizer),
+                             strict=True)]
+
+            def validate(model) -> dict[str, float]:
+                scorer = VLMScorer(model, proc, family, cfg["predict"]["batch_size"],
+                                   autocast_dtype(cfg))
+                return score_metrics(self.predict_with(scorer, run, val), val["label"],
+                                     run.task_type)
+
         _, info = fit(run, model, rows, processing_class=proc, loss_fn=answer_loss,
                       data_collator=VLMCollator(proc, family, cfg["image"], run.seed),
                       remove_unused_columns=False,  # the collator needs the raw rows
-                      meta_files={META_FILE: meta})
+                      meta_files={META_FILE: meta}, eval_dataset=eval_rows,
+                      eval_data_collator=VLMCollator(proc, family,
+                                                     {**cfg["image"], "augment": False}, run.seed),
+                      validate=validate)
         info.update(family=family, n_train=len(df), n_train_available=len(train_df),
                     pretrained_parts=meta["pretrained"], random_init_parts=meta["random_init"])
         return info
