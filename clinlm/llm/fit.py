@@ -101,6 +101,18 @@ def _trainer_class(sft: bool):
                                        for k, v in metrics.items()})
             return output
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # the Trainer reloads a peft adapter with load_adapter, which upcasts bf16 adapters
+            # to float32 (peft's autocast_adapter_dtype): give the trainable parameters their
+            # dtype back before the optimizer state is loaded onto them, so a resumed QLoRA run
+            # trains in the precision of an uninterrupted one
+            target = self.model if model is None else model
+            dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name, param in target.named_parameters():
+                if name in dtypes and param.dtype != dtypes[name]:
+                    param.data = param.data.to(dtypes[name])
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             # the loss accounting the Trainer does not checkpoint (the unlogged loss sum, the
@@ -498,10 +510,9 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
     if trainer.is_world_process_zero():
         if resume is None or not resume.is_relative_to(ckpt_dir):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # another run's checkpoints
-        if str(args.save_strategy.value if hasattr(args.save_strategy, "value")
-               else args.save_strategy) != "no":
-            from clinlm.io import write_json
-            write_json(ckpt_dir / FINGERPRINT, fingerprint)
+        # whatever save_strategy says: a callback may save too (the budget curve's)
+        from clinlm.io import write_json
+        write_json(ckpt_dir / FINGERPRINT, fingerprint)
     if resume is not None:
         trainer.add_callback(_restore_loss_state(trainer, resume))
     dtype = adapter_dtype(cfg)

@@ -180,3 +180,10 @@ def test_head_validation_metrics(tiny_llama, tmp_path):
     last = info["validation"]["last"]
     assert {"eval_loss", "eval_roc_auc", "eval_accuracy"} <= set(last)
     assert 0 <= last["eval_accuracy"] <= 1 and info["n_train"] == 24
+
+
+def test_lora_runs_skip_the_unused_parameter_search_under_ddp():
+    from clinlm.llm.builders import build_training_kwargs
+    assert build_training_kwargs({}, "x", 1)["ddp_find_unused_parameters"] is False
+    kept = build_training_kwargs({"ddp_find_unused_parameters": True}, "x", 1)
+    assert kept["ddp_find_unused_parameters"] is True  # the user's setting stays
