@@ -320,7 +320,8 @@ def _restore_loss_state(trainer: Any, checkpoint: Path):  # -> TrainerCallback
             if not path.exists():
                 return
             saved = json.loads(path.read_text())
-            trainer._tr_loss.fill_(saved["tr_loss"])
+            tr_loss = saved["tr_loss"]  # a NaN loss was written as null (strict JSON)
+            trainer._tr_loss.fill_(float("nan") if tr_loss is None else tr_loss)
             trainer._total_loss_scalar = saved["total_loss_scalar"]
             trainer._globalstep_last_logged = saved["globalstep_last_logged"]
             trainer._initial_global_step = 0  # train_loss: the mean over the whole run

@@ -130,8 +130,10 @@ def split_validation(df: pd.DataFrame, rows: float | None, seed: int, group_by_p
         raise ValueError(f"validation.rows: {rows!r} of {len(df)} training rows leaves too few "
                          f"to train on (at most half)")
     from clinlm.split import split_table
-    train, val = split_table(df, share, seed, group_by_patient and "group" in df.columns, task_type)
-    return train, val
+    try:
+        return split_table(df, share, seed, group_by_patient and "group" in df.columns, task_type)
+    except ValueError as e:  # too few rows to hold every class / target quintile
+        raise ValueError(f"validation.rows: {rows!r} of {len(df)} training rows: {e}") from None
 
 
 def train_rows(run: Any, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:

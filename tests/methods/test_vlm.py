@@ -246,9 +246,9 @@ def test_vlm_validation_through_the_shared_path(tiny_idefics3, vlm_rows, tmp_pat
     df, images = vlm_rows
     cfg = vlm_cfg(tiny_idefics3, images, target_modules=".*text_model.*\\.(q_proj|v_proj)",
                   modules_to_save=["vision_model", "connector"])
-    cfg["validation"] = {"rows": 4}
+    cfg["validation"] = {"rows": 5}  # >= one row per target quintile (stratified)
     cfg["training"].update(num_train_epochs=2, eval_strategy="epoch")
     info = VLMMethod().train(make_run(tmp_path, cfg), df)
     v = info["validation"]
-    assert v["rows"] == 4 and info["n_train"] == 8 and v["evaluations"] == 2
+    assert v["rows"] == 5 and info["n_train"] == 7 and v["evaluations"] == 2
     assert np.isfinite(v["last"]["eval_mae"]) and np.isfinite(v["last"]["eval_loss"])
