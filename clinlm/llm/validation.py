@@ -44,11 +44,14 @@ def has_validation(cfg: dict[str, Any]) -> bool:
     return bool((cfg.get("validation") or {}).get("rows"))
 
 
-def _training_defaults() -> dict[str, Any]:
+def _defaults(section: str) -> dict[str, Any]:
+    """The library defaults of ``training`` (TrainingArguments) or ``sft`` (trl.SFTConfig)."""
     import dataclasses
-
-    from transformers import TrainingArguments
-    return {f.name: f.default for f in dataclasses.fields(TrainingArguments)
+    if section == "sft":
+        from trl import SFTConfig as cls
+    else:
+        from transformers import TrainingArguments as cls
+    return {f.name: f.default for f in dataclasses.fields(cls)
             if f.default is not dataclasses.MISSING}
 
 
@@ -59,13 +62,15 @@ def check_evaluation_keys(cfg: dict[str, Any], where: str) -> None:
     training = cfg.get("training") or {}
     validation = cfg.get("validation") or {}
     if not has_validation(cfg):
-        defaults = _training_defaults()
-        for key, value in training.items():
-            if (key.startswith("eval_") or key in EVALUATION_KEYS) and \
-                    str(value) != str(defaults.get(key, object())):
-                raise ValueError(f"{where}.training.{key}: evaluation needs a validation slice; "
-                                 f"set {where}.validation.rows (rows or a share of the "
-                                 f"training split), or remove the key")
+        for section in ("training", "sft"):
+            keys = {k: v for k, v in (cfg.get(section) or {}).items()
+                    if k.startswith("eval_") or k in EVALUATION_KEYS}
+            defaults = _defaults(section) if keys else {}
+            for key, value in keys.items():
+                if str(value) != str(defaults.get(key, object())):
+                    raise ValueError(f"{where}.{section}.{key}: evaluation needs a validation "
+                                     f"slice; set {where}.validation.rows (rows or a share of "
+                                     f"the training split), or remove the key")
         if str(training.get("save_strategy")) == "best":
             raise ValueError(f"{where}.training.save_strategy: best needs a validation slice; "
                              f"set {where}.validation.rows")

@@ -34,23 +34,28 @@ def test_the_slice_is_seeded_grouped_and_outside_training():
         split_validation(df, 40, 42, True, "regression")
 
 
-@pytest.mark.parametrize("training,validation,needle", [
-    ({"eval_strategy": "steps"}, {}, "models.m.training.eval_strategy: evaluation needs a validation"),
-    ({"load_best_model_at_end": True}, {}, "models.m.training.load_best_model_at_end"),
-    ({"per_device_eval_batch_size": 4}, {}, "models.m.training.per_device_eval_batch_size"),
-    ({"save_strategy": "best"}, {}, "models.m.training.save_strategy"),
-    ({}, {"early_stopping_patience": 2}, "models.m.validation.early_stopping_patience"),
-    ({"eval_strategy": "no"}, {"rows": 10}, "models.m.training.eval_strategy: no"),
-    ({"metric_for_best_model": "f1"}, {"rows": 10}, "metric_for_best_model: 'f1'"),
-    ({"metric_for_best_model": "loss"}, {"rows": 10, "early_stopping_patience": 2},
-     "load_best_model_at_end: true"),
+@pytest.mark.parametrize("cfg,needle", [
+    ({"training": {"eval_strategy": "steps"}},
+     "models.m.training.eval_strategy: evaluation needs a validation"),
+    ({"training": {"load_best_model_at_end": True}}, "models.m.training.load_best_model_at_end"),
+    ({"training": {"per_device_eval_batch_size": 4}}, "models.m.training.per_device_eval_batch_size"),
+    ({"training": {"save_strategy": "best"}}, "models.m.training.save_strategy"),
+    ({"sft": {"eval_packing": True}}, "models.m.sft.eval_packing"),
+    ({"validation": {"early_stopping_patience": 2}}, "models.m.validation.early_stopping_patience"),
+    ({"training": {"eval_strategy": "no"}, "validation": {"rows": 10}},
+     "models.m.training.eval_strategy: no"),
+    ({"training": {"metric_for_best_model": "f1"}, "validation": {"rows": 10}},
+     "metric_for_best_model: 'f1'"),
+    ({"training": {"metric_for_best_model": "loss"},
+      "validation": {"rows": 10, "early_stopping_patience": 2}}, "load_best_model_at_end: true"),
 ])
-def test_evaluation_keys_are_errors_naming_the_key(training, validation, needle):
+def test_evaluation_keys_are_errors_naming_the_key(cfg, needle):
     from clinlm.llm.validation import check_evaluation_keys
     with pytest.raises(ValueError, match=needle.replace(".", r"\.").replace("'", ".")):
-        check_evaluation_keys({"training": training, "validation": validation}, "models.m")
+        check_evaluation_keys(cfg, "models.m")
     check_evaluation_keys({"training": {"eval_strategy": "no", "save_strategy": "no"},
-                           "validation": {"rows": None}}, "models.m")  # the defaults: fine
+                           "sft": {"eval_packing": None}, "validation": {"rows": None}},
+                          "models.m")  # the defaults: fine
 
 
 @pytest.mark.parametrize("key,value,needle", [
