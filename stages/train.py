@@ -10,6 +10,7 @@ model folder is a cached output and evaluate's input, and must not change with t
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -55,6 +56,9 @@ if __name__ == "__main__":
     # the committed curves (cache: false, persist) are written into a temporary folder that
     # replaces the old one only when training succeeds: a failed run leaves them as they were
     main = is_main_process()
+    if main:  # the temporary curves folders of a killed run (atomic_dir cleans up otherwise)
+        for stale in run.log_dir.parent.glob(f".{run.log_dir.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(run.log_dir) if main else nullcontext(run.log_dir) as log_dir:
         run.log_dir = log_dir
         train_df = pd.read_parquet(run.data_dir / "train.parquet")

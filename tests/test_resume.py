@@ -110,3 +110,4 @@ def test_killed_run_resumes_in_dvc_repro_and_equals_an_uninterrupted_run(tiny_ll
         assert torch.equal(got["adapter"][key], tensor), key
     assert got["train_info"] == want["train_info"]
     assert got["curves"] == want["curves"] and "loss.tsv" in got["curves"]
+    assert not list((repo / "metrics" / TASK / "train").glob(f".{MODEL}.*"))  # the killed run's temp
