@@ -118,6 +118,7 @@ def _snapshots():
     return Snap()
 
 
+@pytest.mark.slow  # ~25-30 s on 2 shared cores (training with evaluations)
 def test_early_stopping_keeps_the_best_checkpoint(tiny_llama, tmp_path):
     """sft classification, evaluated every step. To make the plateau certain, "better" is a
     HIGHER validation loss (``greater_is_better: true``) while training lowers it: the first
@@ -153,6 +154,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_llama, tmp_path):
     assert [int(x) for x in curve[2::2]] == [1, 2, 3]  # x: the optimizer step
 
 
+@pytest.mark.slow  # ~25-30 s on 2 shared cores (training with evaluations)
 def test_validation_mae_is_the_predict_stage_mae(tiny_llama, tmp_path):
     """sft regression: eval_mae comes from the exact numeric decoding of predict; at the end
     of training it equals the MAE of the saved model's predictions on the same rows."""
