@@ -95,7 +95,8 @@ def variant_run(run: Run, model_dir: Path, *, model: str | None = None,
     new_cfg = copy.deepcopy(run.cfg if cfg is None else cfg)
     new_cfg.update(copy.deepcopy(cfg_over))
     return dataclasses.replace(run, model=model or run.model, cfg=new_cfg,
-                               model_dir=Path(model_dir), log_dir=None)
+                               model_dir=Path(model_dir), log_dir=None,
+                               work_dir=None)  # scratch (checkpoints) in model_dir, not the run's
 
 
 def eval_subset(test: pd.DataFrame, n: int | None, run: Run) -> pd.DataFrame:

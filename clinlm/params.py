@@ -100,6 +100,12 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
             for key, kind in C.LIBRARY_SECTIONS.items():
                 if model.get(key) is not None:
                     validate_library_section(f"models.{name}.{key}", kind, model[key])
+            if method in C.LLM_METHODS:
+                from clinlm.llm.validation import check_evaluation_keys
+                try:
+                    check_evaluation_keys(model, f"models.{name}")
+                except ValueError as e:
+                    raise ParamsError(str(e)) from None
     _check_type("runs", params["runs"], dict)
     seen: dict[str, str] = {}
     for method, group in params["runs"].items():
@@ -122,6 +128,14 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
                 raise ParamsError(f"{where}: model {spec['model']!r} is method "
                                   f"{model['method']!r}; put the run in runs.{model['method']}")
             _check_run_base(params, where, spec, model, llm=method in C.LLM_METHODS)
+            if method in C.LLM_METHODS:
+                from clinlm.llm.validation import check_metric
+                try:
+                    check_metric((model.get("training") or {}).get("metric_for_best_model"),
+                                 params["tasks"][spec["task"]]["type"],
+                                 f"models.{spec['model']}.training (run {run})")
+                except ValueError as e:
+                    raise ParamsError(str(e)) from None
     for name, spec in (params.get("vlm_bases") or {}).items():
         _parse(C.VLMBaseConfig, spec, f"vlm_bases.{name}")
         if spec.get("text_model") not in (params.get("base_models") or {}):
@@ -191,6 +205,10 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
         raise ParamsError(f"{prefix}: expected a mapping, got {type(section).__name__}")
     fields = _library_fields(kind)
     for key, value in section.items():
+        if (kind, key) in PROJECT_OWNED:
+            raise ParamsError(f"{prefix}.{key}: {PROJECT_OWNED[kind, key]}")
+        if (kind, key) == ("training", "resume_from_checkpoint") and isinstance(value, bool):
+            continue  # true: the run's last checkpoint (clinlm.llm.fit.resume_checkpoint)
         if key not in fields:
             close = [f for f in fields if key.lower() in f.lower() or f.lower() in key.lower()]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
@@ -223,6 +241,16 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
 # model's own `dtype` and `predict.autocast_dtype` are checked by clinlm.llm.config)
 AUTO_PRECISION: tuple[tuple[str, str], ...] = (("bnb", "bnb_4bit_compute_dtype"),
                                                ("training", "bf16"))
+
+# library fields the project sets itself: a value in params would be overwritten, so it is an
+# error that says where the setting lives instead
+PROJECT_OWNED: dict[tuple[str, str], str] = {
+    ("training", "output_dir"): "set by the project: checkpoints go to "
+    "data/work/<task>/<model>/checkpoints (clinlm.paths.work_dir; outside the DVC outputs, kept "
+    "until the run succeeds), the trained model to data/models/<task>/<model>; remove the key",
+    ("training", "seed"): "set by the project from the top-level `seed` of params.yaml (one seed "
+    "for the split, the subsample and training); change that one, or remove the key",
+}
 
 # Values the libraries accept and then fail on, or silently misuse, minutes into a run:
 # (section kind, key) -> (lower bound, upper bound (exclusive), lower bound allowed)

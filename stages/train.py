@@ -10,6 +10,7 @@ model folder is a cached output and evaluate's input, and must not change with t
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -55,10 +56,15 @@ if __name__ == "__main__":
     # the committed curves (cache: false, persist) are written into a temporary folder that
     # replaces the old one only when training succeeds: a failed run leaves them as they were
     main = is_main_process()
+    if main:  # the temporary curves folders of a killed run (atomic_dir cleans up otherwise)
+        for stale in run.log_dir.parent.glob(f".{run.log_dir.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(run.log_dir) if main else nullcontext(run.log_dir) as log_dir:
         run.log_dir = log_dir
         train_df = pd.read_parquet(run.data_dir / "train.parquet")
         info, timing = split_timing(method.train(run, train_df))
+        if "resumed_from_step" in info:  # this session's fact: the model equals an uninterrupted run's
+            timing["resumed_from_step"] = info.pop("resumed_from_step")
         info.update(answer_range_check(run, train_df))
         timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
         if main:

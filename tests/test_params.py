@@ -132,3 +132,17 @@ def test_the_documented_run_commands_validate(tmp_path, overrides, run):
     path.write_text((ROOT / "params.yaml").read_text())
     apply_overrides(str(path), overrides)
     assert run in all_runs(load_params(path, library_models=None))
+
+
+@pytest.mark.parametrize("model", ["smollm2-sft", "smollm2-head", "llama31-8b-sft", "smolvlm-ecg"])
+def test_launch_and_validation_keys_take_s_without_plus(tmp_path, model):
+    """`dvc exp run -S models.<m>.launch.num_processes=2` (README) needs the key in params.yaml:
+    DVC's override code rejects a new key without `+`."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(path), [f"models.{model}.launch.num_processes=2",
+                                f"models.{model}.validation.rows=200"])
+    cfg = load_params(path)["models"][model]
+    assert cfg["launch"]["num_processes"] == 2 and cfg["validation"]["rows"] == 200

@@ -84,9 +84,18 @@ def build_training_kwargs(training: dict[str, Any], output_dir: str, seed: int) 
     """``TrainingArguments`` kwargs: the params section, then the values the project owns.
 
     ``bf16: auto`` becomes True where bf16 is fast on this process's device
-    (:mod:`clinlm.llm.precision`), else False."""
+    (:mod:`clinlm.llm.precision`), else False. ``output_dir`` and ``seed`` are the project's
+    (an error names the key, :data:`clinlm.params.PROJECT_OWNED`). Every run trains LoRA
+    adapters, whose parameters all take part in each step: under DDP
+    ``ddp_find_unused_parameters`` is false unless params set it (the Trainer's default for a
+    peft model, true, costs an extra graph traversal per step)."""
     from clinlm.llm.precision import resolve_value
+    from clinlm.params import PROJECT_OWNED
+    for key in ("output_dir", "seed"):
+        if key in training:
+            raise ValueError(f"training.{key}: {PROJECT_OWNED['training', key]}")
     kw = dict(training)
+    kw.setdefault("ddp_find_unused_parameters", False)
     if "bf16" in kw:
         kw["bf16"] = resolve_value("training", "bf16", kw["bf16"])
     kw["output_dir"] = output_dir
@@ -117,11 +126,33 @@ def training_callbacks(training_kwargs: dict[str, Any], log_dir: str | None) -> 
 
     class CurvesCallback(DVCLiveCallback):
         """The Trainer's logs without its wall-clock figures (``train_runtime``,
-        ``*_per_second``): the curves are committed, and must not change with the clock."""
+        ``*_per_second``): the curves are committed, and must not change with the clock.
+
+        The x-axis is the optimizer step (``state.global_step``), so training loss and
+        validation curves logged at the same step line up. A run resumed from a checkpoint
+        first replays the checkpoint's log history: its curves equal an uninterrupted run's."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            super().on_train_begin(args, state, control, model=model, **kwargs)
+            if state.global_step > 0 and state.is_world_process_zero:  # resumed
+                for logs in state.log_history:
+                    self._log(state, logs, int(logs.get("step", 0)))
+
+        def _log(self, state, logs: dict, step: int) -> None:
+            from dvclive.plots import Metric
+            from dvclive.utils import standardize_metric_name
+            self.live.step = step
+            for key, value in logs.items():
+                if key == "step" or key.endswith(("_runtime", "_per_second")):
+                    continue
+                if Metric.could_log(value):
+                    self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+            self.live.next_step()
 
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            logs = {k: v for k, v in (logs or {}).items()
-                    if not k.endswith(("_runtime", "_per_second"))}
-            return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+            if not self._initialized:
+                self.setup(args, state, model)
+            if state.is_world_process_zero:
+                self._log(state, dict(logs or {}), state.global_step)
 
     return [CurvesCallback(live=Live(dir=log_dir, save_dvc_exp=False, dvcyaml=None))]

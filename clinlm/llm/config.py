@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import NonNegativeInt, PositiveInt, field_validator
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator
 
 from clinlm.config import ModelCommon, Strict
 
@@ -47,6 +47,28 @@ class LaunchConfig(Strict):
     main_process_port: PositiveInt = 29500
 
 
+class ValidationConfig(Strict):
+    """A validation slice held out of the TRAINING split (``models.<m>.validation``), scored
+    while training (:mod:`clinlm.llm.validation`); the test split is never touched."""
+
+    # rows held out of training: a count (>= 1) or a share of the training split (< 1),
+    # drawn seeded and grouped like the split (tasks.<task>.split.group_by_patient);
+    # null or 0: none, and then every evaluation key of `training` is an error
+    rows: NonNegativeInt | NonNegativeFloat | None = None
+    # stop after this many evaluations without an improvement of
+    # training.metric_for_best_model (transformers' EarlyStoppingCallback); null: never
+    early_stopping_patience: PositiveInt | None = None
+    early_stopping_threshold: NonNegativeFloat = 0.0  # the least change that counts as one
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, value: float | None) -> float | None:
+        if isinstance(value, float) and value >= 1:
+            raise ValueError(f"{value!r}: a share of the training rows is < 1; a row count is "
+                             f"an integer")
+        return value
+
+
 class LLMConfig(ModelCommon):
     """Keys every LLM method (sft, head, vlm) shares; the engine (``clinlm.llm``) reads them."""
 
@@ -73,5 +95,6 @@ class LLMConfig(ModelCommon):
     dynamo: dict[str, Any] = {}
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     _check_dtype = field_validator("dtype", "non_quantized_dtype")(_dtype_name)

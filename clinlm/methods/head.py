@@ -58,7 +58,7 @@ import pandas as pd
 from pydantic import PositiveInt
 
 from clinlm.llm.config import LLMConfig
-from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run, subsample
+from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +294,10 @@ class HeadMethod(Method):
 
         from clinlm.llm.fit import fit
         from clinlm.llm.load import load_model
+        from clinlm.llm.validation import score_metrics, train_rows
 
         cfg = run.cfg
-        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
+        df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         y = encode_labels(df["label"], run.task_type)
         classification = run.task_type == CLASSIFICATION
         num_labels = 2 if classification else 1
@@ -334,10 +335,24 @@ class HeadMethod(Method):
                 "labels": LABELS if classification else None,
                 "scaler": asdict(scaler) if scaler else None, "question": question,
                 "head_modules": heads, "class_weights": weights, "max_length": max_length}
+        eval_data, validate = None, None
+        if val is not None:  # eval_loss on the slice; its metrics from predict's own code
+            v = encode_labels(val["label"], run.task_type)
+            eval_data = Dataset.from_dict({
+                "input_ids": tok(head_texts(val["statement"].tolist(), question), truncation=True,
+                                 max_length=max_length)["input_ids"],
+                "labels": v.tolist() if classification
+                else scaler.transform(v).astype(np.float32).tolist()})
+
+            def validate(model) -> dict[str, float]:
+                pred = self.predict_loaded(run, val, model, tok, meta)
+                return score_metrics(pred, val["label"], run.task_type)
+
         trainer, info = fit(run, model, Dataset.from_dict({"input_ids": ids, "labels": labels}),
                             processing_class=tok, loss_fn=loss_fn,
                             data_collator=DataCollatorWithPadding(tok), callbacks=extra_callbacks,
-                            n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta})
+                            n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta},
+                            eval_dataset=eval_data, validate=validate)
         self.model, self.tok, self.meta = trainer.model.eval(), tok, meta
         info.update(n_train=len(df), n_train_available=len(train_df), head_modules=heads,
                     class_weights=weights, head_init=probe or {"method": "random"})

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from clinlm.llm.config import LLMConfig
-from clinlm.methods.base import CLASSIFICATION, Method, Run, subsample
+from clinlm.methods.base import CLASSIFICATION, Method, Run
 from clinlm.prompts import build_messages, format_answer
 
 
@@ -75,15 +75,20 @@ class SFTMethod(Method):
         from clinlm.llm.fit import fit
         from clinlm.llm.load import load_model, load_tokenizer
         from clinlm.llm.project import answer_loss
+        from clinlm.llm.validation import train_rows
 
         cfg = run.cfg
-        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
+        df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         tok = load_tokenizer(cfg["base"], padding_side="right")
         data = Dataset.from_dict(tokenize_for_sft(tok, df, run.task_cfg, run.task_type))
         model = load_model(cfg, "causal", lora=cfg["lora"], seed=run.seed,
                            gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
+        eval_data = None if val is None else Dataset.from_dict(
+            tokenize_for_sft(tok, val, run.task_cfg, run.task_type))
         _, info = fit(run, model, data, processing_class=tok, loss_fn=answer_loss, sft=True,
-                      callbacks=extra_callbacks, n_tokens=sum(map(len, data["input_ids"])))
+                      callbacks=extra_callbacks, n_tokens=sum(map(len, data["input_ids"])),
+                      eval_dataset=eval_data,
+                      validate=None if val is None else validation_scorer(run, tok, val))
         info.update(n_train=len(df), n_train_available=len(train_df),
                     answer_tokens=sum(map(sum, data["completion_mask"])))
         return info
@@ -104,6 +109,26 @@ class SFTMethod(Method):
                                          prompts, ids)[:, 0]
             return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})
         return score_rows(Scorer.from_run(run.model_dir, run.cfg), run, df)
+
+
+def validation_scorer(run: Run, tok: Any, val: pd.DataFrame):
+    """``validate(model) -> metrics`` for :func:`clinlm.llm.fit.fit`: the validation rows
+    scored by :func:`score_rows` (the predict stage's code: Yes/No at the last prompt token,
+    or the exact distribution over integer answers) on the model being trained."""
+    from clinlm.llm.scorer import Scorer, autocast_dtype
+    from clinlm.llm.validation import score_metrics
+
+    def validate(model: Any) -> dict[str, float]:
+        pcfg, side = run.cfg["predict"], tok.padding_side
+        try:
+            scorer = Scorer(model, tok, pcfg["batch_size"], pcfg["max_length"],
+                            autocast_dtype(run.cfg), pcfg["prefix_cache"])
+            pred = score_rows(scorer, run, val)
+        finally:
+            tok.padding_side = side  # the training collator's
+        return score_metrics(pred, val["label"], run.task_type)
+
+    return validate
 
 
 def score_rows(scorer: Any, run: Run, df: pd.DataFrame) -> pd.DataFrame:

@@ -234,8 +234,9 @@ def select_holdout(train_df: pd.DataFrame, llm: Run, n_holdout: int, seed: int,
                    test_ids: set[str] | None = None) -> tuple[pd.DataFrame, set[str]]:
     """(holdout rows, the LLM's training ids): ``n_holdout`` seeded training rows the LLM
     never saw -- its rows are recomputed with the very subsample its method trained on."""
-    llm_ids = set(subsample(train_df, llm.cfg["max_train_rows"], llm.seed,
-                            llm.task_type)["id"].astype(str))
+    from clinlm.llm.validation import train_rows
+    seen, val = train_rows(llm, train_df)  # its training rows and its validation slice
+    llm_ids = set(seen["id"].astype(str)) | set([] if val is None else val["id"].astype(str))
     rest = train_df[~train_df["id"].astype(str).isin(llm_ids)]
     if rest.empty:
         raise ValueError(f"{llm.model}: trained on the whole training split "

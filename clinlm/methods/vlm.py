@@ -47,7 +47,7 @@ from pydantic import Field, PositiveInt
 from clinlm.config import Strict
 from clinlm.llm.config import LLMConfig, PredictConfig
 from clinlm.llm.scorer import Scorer, autocast_dtype
-from clinlm.methods.base import REGRESSION, Method, Run, subsample
+from clinlm.methods.base import REGRESSION, Method, Run
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,31 @@ def answer_strings(labels: pd.Series, tok: Any) -> list[str]:
 
 
 class VLMCollator:
-    """Rows ``{"prompt", "image", "answer"}`` -> model inputs + ``labels`` (answer tokens only)."""
+    """Rows ``{"prompt", "image", "answer", "row"}`` -> model inputs + ``labels`` (answer tokens
+    only).
+
+    A row's augmentation is drawn from ``(seed, epoch, row)`` (``epoch`` set by the
+    :meth:`callback` at each epoch's start), not from a stream the batches share: it does not
+    depend on batch composition, prefetching or process count, and a run resumed from a
+    checkpoint draws exactly what an uninterrupted run draws."""
 
     def __init__(self, proc: Any, family: str, image_cfg: dict[str, Any], seed: int) -> None:
         self.proc, self.family = proc, family
         self.augment = bool(image_cfg["augment"])
         self.max_shift = float(image_cfg["max_shift"])
         self.max_scale = float(image_cfg["max_scale"])
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = int(seed), 0
+
+    def callback(self):  # -> TrainerCallback
+        """Keeps ``epoch`` in step with the Trainer's."""
+        from transformers import TrainerCallback
+        collator = self
+
+        class Epoch(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                collator.epoch = int(round(state.epoch or 0))
+
+        return Epoch()
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -155,7 +172,8 @@ class VLMCollator:
         tok = self.proc.tokenizer
         images = [load_image(r["image"]) for r in rows]
         if self.augment:
-            images = [augment(im, self.rng, self.max_shift, self.max_scale) for im in images]
+            images = [augment(im, np.random.default_rng([self.seed, self.epoch, int(r["row"])]),
+                              self.max_shift, self.max_scale) for im, r in zip(images, rows, strict=True)]
         tok.padding_side = "right"
         batch = encode(self.proc, self.family, [r["prompt"] + r["answer"] for r in rows], images)
         labels = torch.full_like(batch["input_ids"], -100)
@@ -264,24 +282,43 @@ class VLMMethod(Method):
 
         if run.task_type != REGRESSION:
             raise ValueError(f"vlm predicts a number; task {run.task} is {run.task_type}")
+        from clinlm.llm.validation import score_metrics, train_rows
+
         cfg = run.cfg
-        df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
+        df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         prompts, paths = self._prompts_and_images(run, df)
         model, proc, family = load_vlm(
             cfg, lora=cfg["lora"], seed=run.seed,
             gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
         answers = answer_strings(df["label"], proc.tokenizer)
-        rows = [{"prompt": p, "image": str(i), "answer": a}
-                for p, i, a in zip(prompts, paths, answers, strict=True)]
+        rows = [{"prompt": p, "image": str(i), "answer": a, "row": n}
+                for n, (p, i, a) in enumerate(zip(prompts, paths, answers, strict=True))]
         base_info = Path(cfg["base"]) / "materialized.json"
         parts = json.loads(base_info.read_text()) if base_info.exists() else {}
         meta = {"family": family, "task_type": run.task_type,
                 "pretrained": parts.get("pretrained", ["all (from the base checkpoint)"]),
                 "random_init": parts.get("random_init", [])}
+        eval_rows, validate = None, None
+        if val is not None:  # eval_loss without augmentation; metrics from predict's decoding
+            v_prompts, v_paths = self._prompts_and_images(run, val)
+            eval_rows = [{"prompt": p, "image": str(i), "answer": a, "row": n} for n, (p, i, a) in
+                         enumerate(zip(v_prompts, v_paths,
+                                       answer_strings(val["label"], proc.tokenizer), strict=True))]
+
+            def validate(model) -> dict[str, float]:
+                scorer = VLMScorer(model, proc, family, cfg["predict"]["batch_size"],
+                                   autocast_dtype(cfg))
+                return score_metrics(self.predict_with(scorer, run, val), val["label"],
+                                     run.task_type)
+
+        collator = VLMCollator(proc, family, cfg["image"], run.seed)
         _, info = fit(run, model, rows, processing_class=proc, loss_fn=answer_loss,
-                      data_collator=VLMCollator(proc, family, cfg["image"], run.seed),
+                      data_collator=collator, callbacks=[collator.callback()],
                       remove_unused_columns=False,  # the collator needs the raw rows
-                      meta_files={META_FILE: meta})
+                      meta_files={META_FILE: meta}, eval_dataset=eval_rows,
+                      eval_data_collator=VLMCollator(proc, family,
+                                                     {**cfg["image"], "augment": False}, run.seed),
+                      validate=validate)
         info.update(family=family, n_train=len(df), n_train_available=len(train_df),
                     pretrained_parts=meta["pretrained"], random_init_parts=meta["random_init"])
         return info

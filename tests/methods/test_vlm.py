@@ -238,3 +238,17 @@ def test_ddp_vlm_trains_once_and_only_rank0_writes(tiny_idefics3, vlm_rows, tmp_
     assert info["last_loss"] < info["first_loss"]
     assert ranks[0]["written"] and not ranks[1]["written"]
     assert (run.model_dir / "adapter_model.safetensors").exists()
+
+
+def test_vlm_validation_through_the_shared_path(tiny_idefics3, vlm_rows, tmp_path):
+    """A validation slice: eval_loss from the unaugmented collator, eval_mae from predict's
+    numeric decoding (VLMScorer) on the model being trained."""
+    df, images = vlm_rows
+    cfg = vlm_cfg(tiny_idefics3, images, target_modules=".*text_model.*\\.(q_proj|v_proj)",
+                  modules_to_save=["vision_model", "connector"])
+    cfg["validation"] = {"rows": 5}  # >= one row per target quintile (stratified)
+    cfg["training"].update(num_train_epochs=2, eval_strategy="epoch")
+    info = VLMMethod().train(make_run(tmp_path, cfg), df)
+    v = info["validation"]
+    assert v["rows"] == 5 and info["n_train"] == 7 and v["evaluations"] == 2
+    assert np.isfinite(v["last"]["eval_mae"]) and np.isfinite(v["last"]["eval_loss"])
