@@ -29,7 +29,7 @@ repro: $(STAMP)  ## run the whole pipeline on the embedded default (offline)
 	. $(BIN)/activate && dvc repro
 
 test: $(DEV_STAMP)  ## the test suite (< 15 min on 2 cores)
-	. $(BIN)/activate && python -m pytest -q tests
+	. $(BIN)/activate && python -m pytest -q --durations=25 tests
 
 test-fast: $(DEV_STAMP)  ## unit tests only, without the `slow` ones (< 3 min on 2 cores)
 	. $(BIN)/activate && python -m pytest -q -m "not slow" tests

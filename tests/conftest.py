@@ -35,6 +35,30 @@ def tiny_llama(tmp_path_factory) -> Path:
     return out
 
 
+TINY_BASE = "tiny-llama"  # the base_models entry on_tiny_base adds to an end-to-end project
+
+
+def on_tiny_base(params: dict, tiny: Path, *, keep_embedded: bool = True) -> None:
+    """Point an end-to-end project's LLM runs (``params``, edited in place) at ``tiny`` (the
+    ``tiny_llama`` folder), materialized by the real ``base_model`` stage as a local folder,
+    and compose the VLM base around it: the same stages, DVC graph, methods and files as the
+    default runs, in seconds instead of minutes per stage (the 135M model's compute is not
+    what these tests check). ``keep_embedded``: keep the GGUF base entry, so its stage still
+    materializes the real SmolLM2 (test_pipeline_e2e checks that folder); else drop it."""
+    base = f"data/models/base/{TINY_BASE}"
+    embedded = [n for n, b in params["base_models"].items() if b["source"].startswith("embedded:")]
+    params["base_models"][TINY_BASE] = {"source": str(tiny), "dtype": "float32"}
+    if not keep_embedded:
+        for name in embedded:
+            del params["base_models"][name]
+    for vlm in (params.get("vlm_bases") or {}).values():
+        vlm["text_model"] = TINY_BASE
+    for method in ("sft", "head"):
+        for run in (params["runs"].get(method) or {}).values():
+            params["models"][run["model"]]["base"] = base
+            run["base"] = TINY_BASE
+
+
 YES_NO_TASK = {"prompt": {"system": "Answer Yes or No.", "question": "Will the patient miss it?"}}
 
 

@@ -2,7 +2,9 @@
 
 A Chapman-like export (semicolon-separated, MALE/FEMALE, a rhythm column, no id) and then a
 UCI-like table (``?`` for missing, 0/1 sex, 200+ columns, no id), both generated, go through
-every stage with only a params mapping: gbdt and both LLM methods reach metrics/summary.md.
+every stage with only a params mapping: gbdt and both LLM methods reach metrics/summary.md
+(the LLM runs on the 2-layer ``tiny_llama`` base: the table's path is under test here, not the
+model; test_pipeline_e2e checks the real SmolLM2 base).
 Also: the input file is a dependency (edit it in place -> download reruns), and a failed
 stage leaves the committed curves and metrics as they were.
 """
@@ -19,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import copy_checkout
+from tests.conftest import copy_checkout, on_tiny_base
 from tests.vascular.test_csvsource import CHAPMAN_MAPPING, UCI_MAPPING, chapman_like, uci_like
 
 pytestmark = pytest.mark.slow
@@ -63,12 +65,13 @@ def _chapman(params: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, tiny_llama) -> Path:
     dst = tmp_path_factory.mktemp("byot") / "repo"
     copy_checkout(dst, skip=("dvc.lock", "metrics"))
     (dst / "mydata").mkdir()
     (dst / "mydata" / "chapman.csv").write_text(chapman_like(70))
     set_params(dst, _chapman)
+    set_params(dst, lambda p: on_tiny_base(p, tiny_llama, keep_embedded=False))
     sh(["git", "init", "-q"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "byot"], dst)

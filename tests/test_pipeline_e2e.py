@@ -1,8 +1,12 @@
 """End to end: the real `dvc repro` on a tiny slice, in a temporary copy of the repo.
 
 Runs every stage for real (embedded SmolLM2 materialized from its GGUF, QLoRA training on a
-few rows, batched prediction, GBDT baseline, evaluate, compare), then checks the metrics
-files, that `dvc status` is clean, and that a LoRA change reruns train and later stages only.
+few rows, batched prediction, GBDT baseline, stacks, evaluate, compare), then checks the
+metrics files, that `dvc status` is clean, and that a LoRA change reruns train and later stages
+only. The LLM runs train and predict on the 2-layer ``tiny_llama`` base (materialized by the
+same base_model stage, as a local folder): the stages, files and DVC graph are the default's,
+the compute seconds. The real SmolLM2 folder the GGUF stage writes is checked on its own: it
+loads through the runs' 4-bit loader and scores a prompt.
 """
 
 import json
@@ -15,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import copy_checkout
+from tests.conftest import TINY_BASE, copy_checkout, on_tiny_base
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +45,7 @@ def sh(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, tiny_llama) -> Path:
     dst = tmp_path_factory.mktemp("e2e") / "repo"
     copy_checkout(dst, skip=("dvc.lock", "metrics"))
     params = yaml.safe_load((dst / "params.yaml").read_text())
@@ -52,6 +56,7 @@ def repo(tmp_path_factory) -> Path:
         m = params["models"][name]
         m["max_train_rows"] = 8
         m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
+    on_tiny_base(params, tiny_llama)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dst)
@@ -107,9 +112,38 @@ def test_status_clean_and_lora_change_reruns_train_only(repo):
     assert {"train_sft@noshow-smollm2-sft", "predict_sft@noshow-smollm2-sft"} <= stages
     assert not stages & {"download@noshow", "statements@noshow", "split@noshow", "format@noshow",
                       "train_gbdt@noshow-gbdt", "train_head@noshow-smollm2-head",
-                      "base_model@smollm2-135m-instruct"}
+                      "base_model@smollm2-135m-instruct", f"base_model@{TINY_BASE}"}
     params["models"]["smollm2-sft"]["lora"]["r"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_embedded_base_from_gguf_loads_in_4bit_and_scores(repo):
+    """The GGUF -> safetensors stage's folder (the default runs' base): a plain dense Llama
+    (no GGUF quantization_config left, or the 4-bit load would refuse to stack two) that the
+    runs' own loader quantizes to 4-bit and that scores a chat prompt with finite logits."""
+    import torch
+
+    from clinlm.llm.load import load_model, load_tokenizer
+
+    base = repo / "data/models/base/smollm2-135m-instruct"
+    info = json.loads((base / "materialized.json").read_text())
+    assert info["source"] == "embedded:smollm2" and info["architecture"] == "LlamaForCausalLM"
+    assert info["n_parameters"] > 100_000_000 and info["dtype"] == "float32"
+    assert "quantization_config" not in json.loads((base / "config.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    cfg = {**params["models"]["smollm2-sft"], "base": str(base)}
+    assert cfg["bnb"]["load_in_4bit"]
+    model = load_model(cfg, "causal")
+    n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert n_4bit == model.config.num_hidden_layers * 7  # q k v o gate up down
+    tok = load_tokenizer(base)
+    prompt = params["tasks"]["noshow"]["prompt"]
+    text = tok.apply_chat_template([{"role": "system", "content": prompt["system"]},
+                                    {"role": "user", "content": prompt["question"]}],
+                                   tokenize=False, add_generation_prompt=True)
+    with torch.no_grad():
+        logits = model(**tok(text, return_tensors="pt")).logits[0, -1].float()
+    assert torch.isfinite(logits).all() and logits.std() > 0
 
 
 @pytest.mark.parametrize("module,expected", [
