@@ -10,14 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 
 from clinlm.io import DataError
-from clinlm.noshow.schema import LABEL_COLUMN, read_csv, validate
+from clinlm.noshow.schema import LABEL_COLUMN, read_csv, read_raw, validate
 from clinlm.noshow.sources import NoshowDownload
 from clinlm.noshow.sources import download as download_source
 from clinlm.noshow.statements import build_statements
-from clinlm.tasks import Task, TaskConfig, check_records
+from clinlm.tasks import Task, TaskConfig
 
 RAW_CSV = "appointments.csv"
 
@@ -53,47 +54,35 @@ class NoshowTask(Task):
                                 style=opts.style)
 
     def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
-        """The Kaggle columns; a missing ``No-show`` column is allowed.
+        """The Kaggle columns; a missing ``No-show`` column (or an empty cell) is allowed.
 
         Those outcomes are unknown, so they count as attended in the history features and
-        the output has an empty ``label``.
+        the output has an empty ``label``. All or nothing: the first bad cell (a negative age
+        too) raises; ``clinlm predict`` answers the other rows (:meth:`screen_csv`).
         """
-        opts = self.statement_settings(cfg)
-        raw = pd.read_csv(path, dtype=str)
-        unlabeled = LABEL_COLUMN not in raw.columns
-        if unlabeled:
-            raw[LABEL_COLUMN] = "No"
-        table = build_statements(validate(raw, path)[0], history=opts.history,
-                                 style=opts.style)
-        if unlabeled:
-            table["label"] = None
-        return table
+        return self.frame_table(cfg, self.csv_frame(cfg, path), path)
 
     def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The Kaggle columns one appointment is described by (``ask``, the page's form)."""
         return [dict(f) for f in _FIELDS]
 
-    def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
-                           source: str = "request") -> pd.DataFrame:
-        """Statements table (``label`` empty) for appointments given as ``{field: value}``.
+    def records_frame(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                      source: str) -> tuple[pd.DataFrame, dict[int, tuple[str | None, str]]]:
+        """Appointments given as ``{field: value}`` -> Kaggle cells (label column absent).
 
-        The Kaggle validation (:func:`~clinlm.noshow.schema.validate`); flags also accept
-        ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID`` are optional.
-        Each record is a separate patient with no earlier appointments, unless records share a
-        ``PatientId`` (then the earlier ones are its history, outcomes unknown = attended).
-        A :class:`~clinlm.io.DataError` names ``source``, the 1-based record and the field.
+        Flags also accept ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID``
+        are optional (default: the record's number). Each record is a separate patient with
+        no earlier appointments, unless records share a ``PatientId`` (then the earlier ones
+        are its history, outcomes unknown = attended). A missing required field refuses it.
         """
-        names = [f["name"] for f in _FIELDS]
-        check_records(records, names, source)
-        rows = []
+        rows, refused = [], {}
         for i, rec in enumerate(records, 1):
             row = {}
             for f in _FIELDS:
                 v = rec.get(f["name"], f.get("default"))
                 if v is None or (isinstance(v, str) and not v.strip()):
-                    if f["required"]:
-                        raise DataError(source, f"missing required field ({f['help']})",
-                                        row=i, column=f["name"])
+                    if f["required"] and i not in refused:
+                        refused[i] = (f["name"], f"missing required field ({f['help']})")
                     v = ""
                 if f["kind"] == "bool":
                     v = _FLAG.get(str(v).strip().lower(), v)
@@ -101,13 +90,39 @@ class NoshowTask(Task):
             row["PatientId"] = row["PatientId"] or str(i)
             row["AppointmentID"] = row["AppointmentID"] or str(i)
             rows.append(row)
-        raw = pd.DataFrame(rows)
-        raw[LABEL_COLUMN] = "No"
+        return pd.DataFrame(rows, columns=[f["name"] for f in _FIELDS]), refused
+
+    def csv_frame(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """Every cell of a Kaggle-format ``.csv`` (or a ``.zip`` holding one) as text; read
+        with the csv source's separator and encoding when that is the task's source."""
+        if not Path(path).is_file():
+            raise DataError(path, "file not found")
+        dl = self.download_settings(cfg)
+        separator = dl.csv_separator if dl.source == "csv" else ","
+        return read_raw(Path(path), separator, dl.csv_encoding)
+
+    def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
+                    source: str | Path) -> pd.DataFrame:
+        """The Kaggle validation with negative ages refused (the training filter drops them),
+        then the statements; an absent or empty ``No-show`` is an unknown label."""
+        raw = raw.copy()
+        if LABEL_COLUMN in raw.columns:
+            unknown = raw[LABEL_COLUMN].fillna("").astype(str).str.strip().eq("").to_numpy()
+        else:
+            unknown = np.ones(len(raw), dtype=bool)
+            raw[LABEL_COLUMN] = ""
+        raw.loc[unknown, LABEL_COLUMN] = "No"
         opts = self.statement_settings(cfg)
-        table = build_statements(validate(raw, source)[0], history=opts.history,
-                                 style=opts.style)
-        table["label"] = None
+        table = build_statements(validate(raw, source, refuse_negative_age=True)[0],
+                                 history=opts.history, style=opts.style)
+        table["label"] = table["label"].astype(object).where(~unknown, None)
         return table
+
+    def frame_ids(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> list[str | None]:
+        """``AppointmentID`` (a record without one: its number)."""
+        if "AppointmentID" not in raw.columns:
+            return [None] * len(raw)
+        return [str(v).strip() or None for v in raw["AppointmentID"].fillna("")]
 
 
 _FLAG = {"true": "1", "false": "0", "yes": "1", "no": "0", "1": "1", "0": "0"}
