@@ -61,28 +61,52 @@ class AskError(ValueError):
                 "field": None if self.field is None else safe_text(self.field)}
 
 
+def _run_entry(run_name: str, params: dict[str, Any] | None,
+               params_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, the run's ``{task, model, method}``) for a run ask/serve can answer; an unknown
+    or unsupported run, or a bad params file, is an :class:`AskError`. Light: the libraries'
+    own checks of the model sections (which import them) are left to ``make_run``."""
+    from clinlm.params import ParamsError, all_runs, load_params
+
+    try:
+        params = params or load_params(params_path)
+        runs = all_runs(params)
+    except ParamsError as e:
+        raise AskError(f"{params_path}: {e}", status=400) from None
+    if run_name not in runs:
+        raise AskError(f"no run {run_name!r} in {params_path}; known: "
+                       f"{', '.join(runs) or 'none'}", field="run", status=404)
+    method = runs[run_name]["method"]
+    if method in UNSUPPORTED:
+        raise AskError(f"run {run_name!r}: {UNSUPPORTED[method]}", field="run", status=400)
+    return params, runs[run_name]
+
+
+def list_fields(run_name: str, params_path: str | Path = "params.yaml") -> list[dict[str, Any]]:
+    """The input fields of a run's task, from params alone: no model is loaded and no model
+    library imported (``ask --list-fields``)."""
+    from clinlm.tasks import get_task
+
+    params, entry = _run_entry(run_name, None, params_path)
+    return get_task(entry["task"]).input_fields(params["tasks"][entry["task"]])
+
+
 class Predictor:
     """One trained run, loaded once; answers records (one dict of fields per row).
 
     Thread-safe: one lock per model, so a server's worker threads never run the same torch
-    model concurrently. ``load=False``: the run's task and fields only (``--list-fields``).
+    model concurrently.
     """
 
     def __init__(self, run_name: str, params: dict[str, Any] | None = None,
-                 params_path: str | Path = "params.yaml", load: bool = True) -> None:
-        from clinlm.params import ParamsError, all_runs, load_params
+                 params_path: str | Path = "params.yaml") -> None:
+        from clinlm.params import ParamsError
         from clinlm.runs import make_run
         from clinlm.tasks import get_task
 
+        params, entry = _run_entry(run_name, params, params_path)
+        method = entry["method"]
         try:
-            params = params or load_params(params_path)
-            runs = all_runs(params)
-            if run_name not in runs:
-                raise AskError(f"no run {run_name!r} in {params_path}; known: "
-                               f"{', '.join(runs) or 'none'}", field="run", status=404)
-            method = runs[run_name]["method"]
-            if method in UNSUPPORTED:
-                raise AskError(f"run {run_name!r}: {UNSUPPORTED[method]}", field="run", status=400)
             self.run = make_run(run_name, params)
         except ParamsError as e:
             raise AskError(f"{params_path}: {e}", status=400) from None
@@ -91,8 +115,6 @@ class Predictor:
         self.task = get_task(self.run.task)
         self.fields: list[dict[str, Any]] = self.task.input_fields(self.run.task_cfg)
         self._lock = threading.Lock()
-        if not load:
-            return
         if not self.run.model_dir.is_dir():
             raise FileNotFoundError(
                 f"run {run_name!r} is not trained: {self.run.model_dir} is missing (run "
@@ -326,10 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()  # no loading bars or library notices around one answer
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        p = Predictor(args.run, params_path=args.params, load=not args.list_fields)
-        if args.list_fields:
-            print(json.dumps(p.fields, indent=2) if args.format == "json" else _fields_text(p.fields))
+        if args.list_fields:  # from params alone: no model loaded
+            fields = list_fields(args.run, args.params)
+            print(json.dumps(fields, indent=2) if args.format == "json" else _fields_text(fields))
             return 0
+        p = Predictor(args.run, params_path=args.params)
         a = p.predict([record_from_args(args, p.fields)], source="input")[0]
         if a["status"] != "ok":
             raise AskError(f"input, row 1: {a['error']}", row=1, field=a["field"])
