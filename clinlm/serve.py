@@ -189,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from clinlm.paths import setup_logging
+    from clinlm.predict import quiet_libraries
 
     args = build_parser().parse_args(argv)
     setup_logging()
+    quiet_libraries()  # the log keeps this project's lines and every error
     predictors: dict[str, Predictor] = {}
     for name in dict.fromkeys(args.run):  # once each, in order
         t0 = time.perf_counter()
