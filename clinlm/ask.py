@@ -125,10 +125,9 @@ class Predictor:
         """Answer the fields' own example once: the first torch call is several times slower
         than the next ones (a server does it before its first client)."""
         example = {f["name"]: f["example"] for f in self.fields if f.get("example") is not None}
-        try:
-            self.predict([example], source="warm-up")
-        except AskError as e:  # examples not enough for this task: no warm-up, no harm
-            log.info("%s: no warm-up (%s)", self.name, e)
+        answer = self.predict([example], source="warm-up")[0]
+        if answer["status"] != "ok":  # examples not enough for this task: no warm-up, no harm
+            log.info("%s: no warm-up (%s)", self.name, answer["error"])
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to ask this run: task, method, question and input fields."""
