@@ -4,12 +4,15 @@
 ``--json '{...}'`` / ``--json-file f``) prints the answer with its probability (classification:
 ``p_yes`` and the Yes/No decision at ``predict.threshold``) or its 90 % interval (regression),
 and the statement the model saw. ``--format json`` prints the same as one JSON object.
-``--list-fields`` prints the fields the run's task takes. Bad input: a message naming the
-field, exit code 2, no traceback.
+``--list-fields`` prints the fields the run's task takes (without loading the model). Bad
+input: a message naming the field and the rule, exit code 2, no traceback; library notices
+(not errors) are silenced (:func:`clinlm.predict.quiet_libraries`).
 
-Fields -> statements table is the task's job (``Task.table_from_records``); the model is
-loaded once per :class:`Predictor` (a server keeps it), and its answers come in the schema of
-:func:`clinlm.predict.predict_table` (``tests/test_ask.py`` checks both give the same numbers).
+Fields -> statements table is the task's job (``Task.screen_records``: every record accepted
+or refused in place, naming the field and the rule); the model -- a stack's members included
+-- is loaded once per :class:`Predictor` (a server keeps it), and its answers come in the
+schema of :func:`clinlm.predict.predict_table` (``tests/test_ask.py`` checks both give the
+same numbers).
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 #: methods ask/serve answer with; the others are refused with the reason
-SUPPORTED = ("sft", "head", "gbdt")
+SUPPORTED = ("sft", "head", "gbdt", "stack")
 UNSUPPORTED = {
     "vlm": "the vlm method reads an ECG image per subject, which fields cannot carry; "
-           "ask/serve answer sft, head and gbdt runs",
+           "ask/serve answer sft, head, gbdt and stack runs",
     "cohere": "cohere runs call a paid remote API with a resumable per-id store; ask/serve "
-              "answer sft, head and gbdt runs",
+              "answer sft, head, gbdt and stack runs",
 }
 
 
@@ -51,8 +54,41 @@ class AskError(ValueError):
         self.row, self.field, self.status = row, field, status
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON error body: ``{"error": message, "row": n, "field": name}``."""
-        return {"error": str(self), "row": self.row, "field": self.field}
+        """The JSON error body: ``{"error": message, "row": n, "field": name}`` (text that
+        always encodes: a caller's lone surrogate comes back escaped)."""
+        from clinlm.tasks import safe_text
+        return {"error": safe_text(str(self), 2000), "row": self.row,
+                "field": None if self.field is None else safe_text(self.field)}
+
+
+def _run_entry(run_name: str, params: dict[str, Any] | None,
+               params_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, the run's ``{task, model, method}``) for a run ask/serve can answer; an unknown
+    or unsupported run, or a bad params file, is an :class:`AskError`. Light: the libraries'
+    own checks of the model sections (which import them) are left to ``make_run``."""
+    from clinlm.params import ParamsError, all_runs, load_params
+
+    try:
+        params = params or load_params(params_path)
+        runs = all_runs(params)
+    except ParamsError as e:
+        raise AskError(f"{params_path}: {e}", status=400) from None
+    if run_name not in runs:
+        raise AskError(f"no run {run_name!r} in {params_path}; known: "
+                       f"{', '.join(runs) or 'none'}", field="run", status=404)
+    method = runs[run_name]["method"]
+    if method in UNSUPPORTED:
+        raise AskError(f"run {run_name!r}: {UNSUPPORTED[method]}", field="run", status=400)
+    return params, runs[run_name]
+
+
+def list_fields(run_name: str, params_path: str | Path = "params.yaml") -> list[dict[str, Any]]:
+    """The input fields of a run's task, from params alone: no model is loaded and no model
+    library imported (``ask --list-fields``)."""
+    from clinlm.tasks import get_task
+
+    params, entry = _run_entry(run_name, None, params_path)
+    return get_task(entry["task"]).input_fields(params["tasks"][entry["task"]])
 
 
 class Predictor:
@@ -64,19 +100,13 @@ class Predictor:
 
     def __init__(self, run_name: str, params: dict[str, Any] | None = None,
                  params_path: str | Path = "params.yaml") -> None:
-        from clinlm.params import ParamsError, all_runs, load_params
+        from clinlm.params import ParamsError
         from clinlm.runs import make_run
         from clinlm.tasks import get_task
 
+        params, entry = _run_entry(run_name, params, params_path)
+        method = entry["method"]
         try:
-            params = params or load_params(params_path)
-            runs = all_runs(params)
-            if run_name not in runs:
-                raise AskError(f"no run {run_name!r} in {params_path}; known: "
-                               f"{', '.join(runs) or 'none'}", field="run", status=404)
-            method = runs[run_name]["method"]
-            if method in UNSUPPORTED:
-                raise AskError(f"run {run_name!r}: {UNSUPPORTED[method]}", field="run", status=400)
             self.run = make_run(run_name, params)
         except ParamsError as e:
             raise AskError(f"{params_path}: {e}", status=400) from None
@@ -84,21 +114,20 @@ class Predictor:
         self.threshold = float((params.get("predict") or {}).get("threshold", 0.5))
         self.task = get_task(self.run.task)
         self.fields: list[dict[str, Any]] = self.task.input_fields(self.run.task_cfg)
+        self._lock = threading.Lock()
         if not self.run.model_dir.is_dir():
             raise FileNotFoundError(
                 f"run {run_name!r} is not trained: {self.run.model_dir} is missing (run "
                 f"`dvc repro train_{method}@{run_name}` or `make repro` first)")
-        self._score = _load_scorer(self.run)
-        self._lock = threading.Lock()
+        self._score = _load_scorer(self.run, params)
 
     def warm_up(self) -> None:
         """Answer the fields' own example once: the first torch call is several times slower
         than the next ones (a server does it before its first client)."""
         example = {f["name"]: f["example"] for f in self.fields if f.get("example") is not None}
-        try:
-            self.predict([example], source="warm-up")
-        except AskError as e:  # examples not enough for this task: no warm-up, no harm
-            log.info("%s: no warm-up (%s)", self.name, e)
+        answer = self.predict([example], source="warm-up")[0]
+        if answer["status"] != "ok":  # examples not enough for this task: no warm-up, no harm
+            log.info("%s: no warm-up (%s)", self.name, answer["error"])
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to ask this run: task, method, question and input fields, and
@@ -124,73 +153,93 @@ class Predictor:
         from clinlm.methods import CLASSIFICATION
         return self.run.task_type == CLASSIFICATION
 
-    def table(self, records: Sequence[Mapping[str, Any]], source: str = "request") -> pd.DataFrame:
-        """Records -> the task's statements table; bad fields -> :class:`AskError`."""
+    def screen(self, records: Sequence[Any], source: str = "request") -> Any:
+        """Records -> :class:`clinlm.tasks.Screened` (each accepted or refused in place); only
+        a problem with the whole input (no records) is an :class:`AskError`."""
         from clinlm.io import DataError
         try:
-            return self.task.table_from_records(self.run.task_cfg, [dict(r) for r in records],
-                                                source=source)
+            return self.task.screen_records(self.run.task_cfg, records, source=source)
         except DataError as e:
             raise AskError(str(e), row=e.row, field=e.column) from None
 
-    def predict(self, records: Sequence[Mapping[str, Any]],
-                source: str = "request") -> list[dict[str, Any]]:
-        """One answer dict per record (see :func:`answers`), in order."""
-        table = self.table(records, source)
+    def table(self, records: Sequence[Mapping[str, Any]], source: str = "request") -> pd.DataFrame:
+        """Records -> the task's statements table, all or nothing: the first refused record
+        is an :class:`AskError` naming its row and field."""
+        screened = self.screen(records, source)
+        error = screened.error(source)
+        if error is not None:
+            raise AskError(str(error), row=error.row, field=error.column)
+        return screened.table
+
+    def _locked_score(self, table: pd.DataFrame) -> pd.DataFrame:
         with self._lock:
-            out = self._score(table)
-        from clinlm.predict import shape_predictions
-        res = shape_predictions(self.run, table, out, self.threshold)
-        return answers(self.run.task_type, table, res, self.threshold)
+            return self._score(table)
+
+    def predict(self, records: Sequence[Any], source: str = "request") -> list[dict[str, Any]]:
+        """One answer dict per record, in order (see :func:`answers`): a prediction, or a
+        refusal naming the field and the rule; the refused ones never reach the model."""
+        from clinlm.predict import predict_screened
+
+        screened = self.screen(records, source)
+        res = predict_screened(self.run, screened, self.threshold, score=self._locked_score)
+        statements = [None] * screened.n
+        for row, text in zip(screened.rows, screened.table["statement"], strict=True):
+            statements[int(row) - 1] = str(text)
+        return answers(self.run.task_type, res, statements, self.threshold)
 
 
-def _load_scorer(run: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _load_scorer(run: Any, params: dict[str, Any] | None = None
+                 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Load the run's model once; return ``table -> method predict rows``.
 
     The methods' own ``predict(run, df)`` loads the model on every call, which a server
-    cannot afford for an LLM; so the LLM methods are loaded here with the methods' own
-    loaders and scored with the same calls their ``predict`` makes. gbdt's load is a few
-    milliseconds: its ``predict`` is called as is.
+    cannot afford; so every method is loaded here once with its own loader and scored with
+    the calls its ``predict`` makes: sft / head / gbdt through
+    :func:`clinlm.methods.stack.load_member`, a stack through ``StackMethod.load`` (its LLM
+    member and its gbdt, each once).
     """
-    from clinlm.methods import get_method
+    from clinlm.methods.stack import StackMethod, load_member
 
-    method = get_method(run.cfg["method"])
-    name = run.cfg["method"]
-    if name == "head":
-        model, tok, meta = method.load(run)
-        return lambda df: method.predict_loaded(run, df, model, tok, meta)
-    if name == "sft" and run.cfg["predict"]["engine"] != "vllm":
-        from clinlm.llm.scorer import Scorer
-        from clinlm.methods.sft import score_rows
-
-        scorer = Scorer.from_run(run.model_dir, run.cfg)
-        return lambda df: score_rows(scorer, run, df)
-    return lambda df: method.predict(run, df)
+    if run.cfg["method"] == "stack":
+        method = StackMethod()
+        loaded = method.load(run, params)
+        return lambda df: method.predict_loaded(run, df, loaded)
+    return load_member(run)
 
 
 def _num(x: Any) -> float | None:
-    x = float(x)
+    x = float(x) if x is not None else math.nan
     return x if math.isfinite(x) else None
 
 
-def answers(task_type: str, table: pd.DataFrame, res: pd.DataFrame,
+def answers(task_type: str, res: pd.DataFrame, statements: Sequence[str | None],
             threshold: float) -> list[dict[str, Any]]:
-    """Plain JSON-able answers: ``row`` (1-based), ``id``, ``statement`` and
+    """Plain JSON-able answers, one per input row of ``res``
+    (:func:`clinlm.predict.answer_table`): ``row`` (1-based), ``id``, ``status`` and
 
-    * classification: ``prediction`` ("Yes"/"No", None when the model gave no probability),
-      ``p_yes``, ``threshold``;
-    * regression: ``prediction`` (= ``y_pred``), ``y_lo``, ``y_hi`` (90 % interval; None
-      when the method has none, e.g. the head).
+    * refused: ``error`` (the field and the rule) and ``field``;
+    * classification: ``statement``, ``prediction`` ("Yes"/"No", None when the model gave no
+      probability), ``p_yes``, ``threshold``;
+    * regression: ``statement``, ``prediction`` (= ``y_pred``), ``y_lo``, ``y_hi`` (90 %
+      interval; None when the method has none, e.g. the head);
+    * ``clipped`` when the method says whether it clipped the answer to the possible range.
     """
     from clinlm.methods import CLASSIFICATION
     out = []
-    for i, (stmt, r) in enumerate(zip(table["statement"], res.to_dict("records"), strict=True)):
-        a: dict[str, Any] = {"row": i + 1, "id": r["id"], "statement": str(stmt)}
+    for r, stmt in zip(res.to_dict("records"), statements, strict=True):
+        a: dict[str, Any] = {"row": int(r["row"]), "id": r["id"], "status": r["status"]}
+        if r["status"] != "ok":
+            a.update(error=r["error"], field=r["field"])
+            out.append(a)
+            continue
+        a["statement"] = stmt
         if task_type == CLASSIFICATION:
             a.update(prediction=r["y_pred"], p_yes=_num(r["p_yes"]), threshold=threshold)
         else:
             a.update(prediction=_num(r["y_pred"]), y_pred=_num(r["y_pred"]),
                      y_lo=_num(r["y_lo"]), y_hi=_num(r["y_hi"]))
+        if "clipped" in r:
+            a["clipped"] = None if pd.isna(r["clipped"]) else bool(r["clipped"])
         out.append(a)
     return out
 
@@ -301,16 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (``python -m clinlm ask``); returns the exit code."""
-    import os
+    from clinlm.predict import quiet_libraries
+
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # no loading/scoring bars around one answer
+    quiet_libraries()  # no loading bars or library notices around one answer
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        p = Predictor(args.run, params_path=args.params)
-        if args.list_fields:
-            print(json.dumps(p.fields, indent=2) if args.format == "json" else _fields_text(p.fields))
+        if args.list_fields:  # from params alone: no model loaded
+            fields = list_fields(args.run, args.params)
+            print(json.dumps(fields, indent=2) if args.format == "json" else _fields_text(fields))
             return 0
+        p = Predictor(args.run, params_path=args.params)
         a = p.predict([record_from_args(args, p.fields)], source="input")[0]
+        if a["status"] != "ok":
+            raise AskError(f"input, row 1: {a['error']}", row=1, field=a["field"])
     except AskError as e:
         if args.format == "json":
             print(json.dumps(e.to_dict()))

@@ -21,10 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
-    """Bad input data. The message names the file, and the row and column when known."""
+    """Bad input data. The message names the file, and the row and column when known.
+
+    ``cells``: every bad cell the check found, as ``(1-based row, column, rule)`` (by default
+    the one named); the prediction paths refuse exactly those rows and answer the others
+    (:func:`clinlm.tasks.screen_frame`).
+    """
 
     def __init__(self, path: str | os.PathLike, message: str, row: int | None = None,
-                 column: str | None = None) -> None:
+                 column: str | None = None,
+                 cells: list[tuple[int, str | None, str]] | None = None) -> None:
         where = str(path)
         if row is not None:
             where += f", row {row}"
@@ -32,6 +38,8 @@ class DataError(ValueError):
             where += f", column {column!r}"
         super().__init__(f"{where}: {message}")
         self.path, self.row, self.column = str(path), row, column
+        self.cells = cells if cells is not None else (
+            [(row, column, message)] if row is not None else [])
 
 
 def _umask() -> int:

@@ -3,15 +3,20 @@
 Every model is loaded ONCE at start (:class:`clinlm.ask.Predictor`); one uvicorn process, and
 each model behind its own lock, so two requests never run one torch model at the same time.
 
-Endpoints (JSON; errors are ``{"error": message, "row": n, "field": name}``, never a traceback):
+Endpoints (JSON; errors are ``{"error": message, "row": n, "field": name}``, never a traceback
+and never a 500 for anything a client sends):
 
 * ``GET /health`` -> ``{"status": "ok", "runs": [...]}``
 * ``GET /api/runs`` -> each run's task, method, question and input fields
 * ``POST /predict`` with ``{"run": name, "rows": [{field: value, ...}, ...]}`` or
-  ``{"run": name, "fields": {...}}`` -> ``{"run", "task", "method", "predictions": [...]}``,
-  each prediction as :func:`clinlm.ask.answers`. Bad fields: 422 naming row and field; not
-  JSON / wrong shape: 400; unknown run: 404; more than ``--max-rows`` rows or a body over
-  1 MiB: 413.
+  ``{"run": name, "fields": {...}}`` -> ``{"run", "task", "method", "predictions": [...]}``:
+  ONE entry per row, in order, each as :func:`clinlm.ask.answers` -- ``"status": "ok"`` with
+  the prediction, or ``"status": "refused"`` with ``error`` and ``field`` (a bad value, an
+  unknown field, a row that is not an object, a row the training filters would leave out).
+  Status 200 when at least one row is answered; 422 when every row is refused (the same
+  body, plus the first refusal's ``error`` / ``row`` / ``field`` at the top). The request
+  itself: not JSON, nested too deep, wrong shape: 400; unknown run: 404; more than
+  ``--max-rows`` rows or a body over 1 MiB: 413.
 * ``GET /`` -> the page (``serve_page.html``: inline JS/CSS, nothing fetched from outside).
 """
 
@@ -40,7 +45,9 @@ def parse_request(body: bytes, predictors: dict[str, Predictor],
         raise AskError(f"request body over {MAX_BODY} bytes", status=413)
     try:
         req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise AskError("body is not usable JSON: nested too deeply", status=400) from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError; a 5000-digit number
         raise AskError(f"body is not JSON: {e}", status=400) from None
     if not isinstance(req, dict):
         raise AskError('body must be a JSON object {"run": ..., "rows": [...]}', status=400)
@@ -65,22 +72,52 @@ def parse_request(body: bytes, predictors: dict[str, Predictor],
     if len(rows) > max_rows:
         raise AskError(f"{len(rows)} rows; at most {max_rows} per request (use `python -m "
                        f"clinlm predict` for a file)", field="rows", status=413)
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict):
-            raise AskError(f"row {i}: must be an object of fields, not {type(r).__name__}",
-                           row=i, status=422)
-    return predictors[run], rows
+    return predictors[run], rows  # a row that is not an object is refused in place
+
+
+async def read_body(request: Any, limit: int = MAX_BODY) -> bytes:
+    """The request body, read no further than ``limit`` + 1 bytes (a 413 never buffers a
+    huge upload: the declared length is checked first, then the stream as it arrives)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise AskError(f"request body over {limit} bytes", status=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise AskError(f"request body over {limit} bytes", status=413)
+    return bytes(body)
+
+
+def json_response_class() -> Any:
+    """Starlette's JSONResponse, rendering any text a client sent (a lone surrogate) as an
+    escape instead of failing, and NaN as null: an answer never becomes a 500."""
+    from starlette.responses import JSONResponse
+
+    class SafeJSONResponse(JSONResponse):
+        def render(self, content: Any) -> bytes:
+            from clinlm.io import _strict
+            content = _strict(content)
+            try:
+                return super().render(content)
+            except UnicodeEncodeError:
+                return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                                  separators=(",", ":")).encode("ascii")
+
+    return SafeJSONResponse
 
 
 def create_app(predictors: dict[str, Predictor], max_rows: int = MAX_ROWS) -> Any:
     """The FastAPI app over already loaded predictors."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="clinlm", docs_url=None, redoc_url=None, openapi_url=None)
+    JSONResponse = json_response_class()  # noqa: N806 (a class)
+    app = FastAPI(title="clinlm", docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=JSONResponse)
     page = PAGE.read_text(encoding="utf-8")
 
     @app.exception_handler(AskError)
@@ -119,11 +156,16 @@ def create_app(predictors: dict[str, Predictor], max_rows: int = MAX_ROWS) -> An
         return {"runs": [p.describe() for p in predictors.values()], "max_rows": max_rows}
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        p, rows = parse_request(await request.body(), predictors, max_rows)
+    async def predict(request: Request) -> Any:
+        p, rows = parse_request(await read_body(request), predictors, max_rows)
         # torch work off the event loop; the predictor's lock serialises one model
         preds = await run_in_threadpool(p.predict, rows)
-        return {"run": p.name, "task": p.run.task, "method": p.method, "predictions": preds}
+        body = {"run": p.name, "task": p.run.task, "method": p.method, "predictions": preds}
+        if any(a["status"] == "ok" for a in preds):
+            return JSONResponse(body)
+        first = preds[0]  # every row refused: 422, the first refusal named at the top
+        return JSONResponse({"error": first["error"], "row": first["row"],
+                             "field": first["field"], **body}, status_code=422)
 
     return app
 
@@ -147,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from clinlm.paths import setup_logging
+    from clinlm.predict import quiet_libraries
 
     args = build_parser().parse_args(argv)
     setup_logging()
+    quiet_libraries()  # the log keeps this project's lines and every error
     predictors: dict[str, Predictor] = {}
     for name in dict.fromkeys(args.run):  # once each, in order
         t0 = time.perf_counter()

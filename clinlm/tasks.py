@@ -7,7 +7,10 @@ A task owns its data steps behind the generic stages:
 * ``table_from_csv(cfg, path) -> DataFrame``: a user's new CSV -> the same table
   (``clinlm predict``);
 * ``input_fields(cfg)`` / ``table_from_records(cfg, records)``: one row given as fields
-  (``clinlm ask``, ``clinlm serve``).
+  (``clinlm ask``, ``clinlm serve``);
+* ``screen_records(cfg, records)`` / ``screen_csv(cfg, path)``: the prediction paths' form of
+  the two above: every input row accepted or refused in place (:class:`Screened`), built
+  from the task's hooks ``records_frame``, ``csv_frame``, ``frame_table`` and ``frame_ids``.
 
 ``cfg`` is always the whole ``tasks.<name>`` section. The keys of its ``download`` and
 ``statements`` sections, with their defaults, have one home: the task's pydantic models
@@ -17,10 +20,13 @@ A task owns its data steps behind the generic stages:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -169,27 +175,241 @@ class Task:
                            source: str = "request") -> pd.DataFrame:
         """Rows given as ``{field: value}`` dicts -> statements table (``label`` empty).
 
-        Validated like the task's csv source; unknown fields are errors. Raises
-        :class:`~clinlm.io.DataError` naming ``source``, the 1-based record and the field.
+        All or nothing: validated like the task's csv source (unknown fields are errors), and
+        the first refused record raises a :class:`~clinlm.io.DataError` naming ``source``, the
+        1-based record and the field. :meth:`screen_records` answers the others instead.
+        """
+        screened = self.screen_records(cfg, records, source)
+        error = screened.error(source)
+        if error is not None:
+            raise error
+        return screened.table
+
+    # ---- the prediction paths: every input row accepted or refused in place ---------------
+    # A task gives four hooks; the base class does the rest (one home for "one row in, one
+    # row out"): the generic checks of a request's values, the refusals, the row numbers.
+
+    def records_frame(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                      source: str) -> tuple[pd.DataFrame, dict[int, tuple[str | None, str]]]:
+        """Records (objects of known fields; ``{}`` for a record already refused) -> one row of
+        text cells per record, in the layout :meth:`frame_table` reads, and the records the task
+        refuses before validation (1-based row -> (field, rule), e.g. a required field missing).
         """
         raise NotImplementedError
 
+    def csv_frame(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """A user's CSV in the task's raw schema -> its cells, one row per data line (a problem
+        with the whole file is a :class:`~clinlm.io.DataError` without a row)."""
+        raise NotImplementedError
 
-def check_records(records: Any, fields: list[str], source: str) -> None:
-    """The checks every ``table_from_records`` shares: a non-empty list of objects whose keys
-    are all known fields (a :class:`~clinlm.io.DataError` names the record and the field)."""
-    from clinlm.io import DataError
+    def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
+                    source: str | Path) -> pd.DataFrame:
+        """Raw rows (of :meth:`records_frame` / :meth:`csv_frame`) -> statements table, one row
+        per raw row in order. Bad cells raise a :class:`~clinlm.io.DataError` whose ``cells``
+        list them (row numbers within ``raw``); a row the training data's documented filters
+        would drop (noshow: a negative age) is such a cell here, never dropped silently.
+        """
+        raise NotImplementedError
 
-    if not records:
-        raise DataError(source, "no record given")
+    def frame_ids(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> list[str | None]:
+        """The caller's id of each raw row (what a refusal is keyed by; None when none)."""
+        raise NotImplementedError
+
+    def screen_records(self, cfg: Mapping[str, Any], records: Sequence[Any],
+                       source: str = "request") -> Screened:
+        """Records given as fields (``ask``, ``serve``) -> :class:`Screened`: each accepted or
+        refused with the field and the rule. Only "no record at all" is an error."""
+        from clinlm.io import DataError
+
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+            raise DataError(source, "give a list of records (objects of fields)")
+        if not records:
+            raise DataError(source, "no record given")
+        names = [f["name"] for f in self.input_fields(cfg)]
+        refused = record_problems(records, names)
+        clean = [{} if i in refused else dict(rec) for i, rec in enumerate(records, 1)]
+        raw, more = self.records_frame(cfg, clean, source)
+        for row, why in more.items():
+            refused.setdefault(row, why)
+        return screen_frame(raw, lambda part: self.frame_table(cfg, part, source), refused,
+                            self.frame_ids(cfg, raw))
+
+    def screen_csv(self, cfg: Mapping[str, Any], path: Path) -> Screened:
+        """A user's CSV (``clinlm predict``) -> :class:`Screened`, one entry per data line.
+
+        A CSV with ``id`` and ``statement`` columns is a ready statements table (a missing or
+        repeated id, or an empty statement, is refused); any other is in the task's raw schema.
+        """
+        from clinlm.io import DataError
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "file not found")
+        if {"id", "statement"} <= _header(path):
+            return _screen_statements(cfg, path)
+        raw = self.csv_frame(cfg, path)
+        return screen_frame(raw, lambda part: self.frame_table(cfg, part, path), {},
+                            self.frame_ids(cfg, raw))
+
+
+#: the longest text a request's field may hold (a whole statement is a few hundred characters)
+MAX_TEXT = 1000
+
+
+def safe_text(value: Any, limit: int = 200) -> str:
+    """``value`` as text an answer may echo (an id, a field name): lone surrogates escaped so
+    it always encodes to UTF-8, cut at ``limit`` characters."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", tuple: "a list", dict: "an object"}.get(
+        type(value), "an object" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def value_problem(value: Any) -> str | None:
+    """What is wrong with one field's value before the task reads it (None: nothing): it must
+    be empty, text, a finite number of sane size or true/false; text must be valid Unicode
+    (a JSON ``"\\ud800"`` is not) and at most :data:`MAX_TEXT` characters."""
+    import numbers
+
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return None if int(value).bit_length() <= 64 else "a number too large to be a value"
+    if isinstance(value, numbers.Real):
+        return None if math.isfinite(float(value)) else "not a finite number"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode text (a lone surrogate)"
+        if len(value) > MAX_TEXT:
+            return f"longer than {MAX_TEXT} characters"
+        return None
+    return f"must be text, a number or true/false, got {_kind(value)}"
+
+
+def record_problems(records: Sequence[Any], fields: Sequence[str]
+                    ) -> dict[int, tuple[str | None, str]]:
+    """The checks every task's records share, per record (1-based row -> (field, rule)): an
+    object whose keys are known fields and whose values pass :func:`value_problem`."""
+    out: dict[int, tuple[str | None, str]] = {}
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, Mapping):
-            raise DataError(source, f"a record must be an object of fields, got "
-                                    f"{type(rec).__name__}", row=i)
-        extra = [k for k in rec if k not in fields]
-        if extra:
-            raise DataError(source, f"unknown field; the fields are {fields}", row=i,
-                            column=str(extra[0]))
+            out[i] = (None, f"a record must be an object of fields, got {_kind(rec)}")
+            continue
+        for key, value in rec.items():
+            name = safe_text(key)
+            if name != key:
+                out[i] = (name, "the field name is not valid text")
+            elif key not in fields:
+                out[i] = (name, f"unknown field; the fields are {list(fields)}")
+            elif (rule := value_problem(value)) is not None:
+                out[i] = (name, rule)
+            if i in out:
+                break
+    return out
+
+
+@dataclass
+class Screened:
+    """The rows given to a prediction path, each accepted or refused, in input order.
+
+    ``table``: the statements table of the accepted rows, in input order; ``rows``: the
+    1-based input row of each of its rows; ``refused``: 1-based input row -> (field or None,
+    the rule it breaks); ``ids``: the caller's id of every input row (None: none given).
+    """
+
+    n: int
+    ids: list[str | None]
+    table: pd.DataFrame
+    rows: np.ndarray
+    refused: dict[int, tuple[str | None, str]] = field(default_factory=dict)
+
+    def error(self, source: str | Path) -> Exception | None:
+        """The first refusal as a :class:`~clinlm.io.DataError` (for all-or-nothing callers)."""
+        from clinlm.io import DataError
+
+        if not self.refused:
+            return None
+        row = min(self.refused)
+        column, rule = self.refused[row]
+        return DataError(source, rule, row=row, column=column)
+
+
+def screen_frame(raw: pd.DataFrame, build: Callable[[pd.DataFrame], pd.DataFrame],
+                 refused: dict[int, tuple[str | None, str]],
+                 ids: list[str | None]) -> Screened:
+    """Build the table of ``raw``'s rows not yet refused; a :class:`~clinlm.io.DataError`
+    listing bad cells refuses those rows and the rest are built again (each round refuses at
+    least one row, and a check reports every row it fails at once, so the rounds are few).
+    A DataError without cells (a problem with the whole input) propagates."""
+    from clinlm.io import DataError
+
+    refused = dict(refused)
+    keep = np.array([i for i in range(len(raw)) if i + 1 not in refused], dtype=np.int64)
+    table = pd.DataFrame({"id": pd.Series(dtype=str), "statement": pd.Series(dtype=str),
+                          "label": pd.Series(dtype=object)})
+    while keep.size:
+        try:
+            built = build(raw.iloc[keep].reset_index(drop=True))
+        except DataError as e:
+            bad = sorted({r for r, _, _ in e.cells if 1 <= r <= keep.size})
+            if not bad:
+                raise
+            for r, column, rule in e.cells:
+                if 1 <= r <= keep.size:
+                    refused.setdefault(int(keep[r - 1]) + 1, (column, rule))
+            keep = np.delete(keep, [r - 1 for r in bad])
+            continue
+        if len(built) != keep.size:
+            raise RuntimeError(f"the task built {len(built)} rows from {keep.size} accepted "
+                               "input rows")
+        table = built.reset_index(drop=True)
+        break
+    safe_ids = [None if i is None else safe_text(i) for i in ids]
+    return Screened(len(raw), safe_ids, table, keep + 1, refused)
+
+
+def _header(path: Path) -> set[str]:
+    """The column names of a CSV's first line (empty when it cannot be read as CSV: the
+    task's own reader then says why)."""
+    try:
+        return {str(c).strip() for c in pd.read_csv(path, nrows=0).columns}
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return set()
+
+
+def _screen_statements(cfg: Mapping[str, Any], path: Path) -> Screened:
+    """A ready statements table (``id``, ``statement``, optional ``label`` and ``f_*``)."""
+    from clinlm.io import DataError
+
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "statement": str})
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(path, f"not a readable CSV: {e}") from None
+    if "label" not in df.columns:
+        df["label"] = None
+    ids = df["id"].fillna("").astype(str).str.strip()
+    text = df["statement"].fillna("").astype(str).str.strip()
+    refused: dict[int, tuple[str | None, str]] = {}
+    first: dict[str, int] = {}
+    for i, (id_, stmt) in enumerate(zip(ids, text, strict=True), 1):
+        if not id_:
+            refused[i] = ("id", "missing id")
+        elif id_ in first:
+            refused[i] = ("id", f"duplicate id (as row {first[id_]}): got {id_!r}")
+        elif not stmt:
+            refused[i] = ("statement", "empty statement")
+        first.setdefault(id_, i)
+    df["id"] = ids
+    return screen_frame(df, lambda part: part, refused, [i or None for i in ids])
 
 
 def get_task(name: str) -> Task:
@@ -212,5 +432,5 @@ def table_from_csv(task: str, cfg: dict[str, Any], path: Path) -> pd.DataFrame:
     return get_task(task).table_from_csv(cfg, Path(path))
 
 
-__all__ = ["TASKS", "Task", "TaskConfig", "build_table", "download", "get_task",
-           "parse_section", "table_from_csv"]
+__all__ = ["TASKS", "Screened", "Task", "TaskConfig", "build_table", "download", "get_task",
+           "parse_section", "record_problems", "safe_text", "screen_frame", "table_from_csv"]

@@ -1,9 +1,10 @@
 """A temporary project with trained runs for the ask / serve / page tests (no `make repro`).
 
 The project is the repo's own params.yaml with small synthetic data, the gbdt runs of both
-tasks and an sft run on the tiny random Llama (the real SFT code path, real tokenizer). It is
-built once per test session (a marker file under pytest's session temp folder), whichever
-test module asks first.
+tasks and an sft run on the tiny random Llama (the real SFT code path, real tokenizer), and a
+stack of those two on noshow (trained only for the tests that ask for it). It is built once
+per test session (a marker file under pytest's session temp folder), whichever test module
+asks first.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import yaml
 from tests.conftest import ROOT, tiny_sft_cfg
 
 SFT_RUN = "noshow-tiny-sft"
+STACK_RUN = "noshow-tiny-stack"
 GBDT_RUNS = ("noshow-gbdt", "vascular-gbdt")
 
 
-def build_project(tmp_path_factory, tiny_llama: Path | None = None) -> Path:
+def build_project(tmp_path_factory, tiny_llama: Path | None = None, stack: bool = False) -> Path:
     """The project folder (params.yaml + data/models/...); trains what is not trained yet.
 
-    ``tiny_llama``: also train the sft run ``SFT_RUN`` on that base (imports torch).
+    ``tiny_llama``: also train the sft run ``SFT_RUN`` on that base (imports torch);
+    ``stack``: also the stack ``STACK_RUN`` of that sft run and noshow-gbdt (needs both).
     """
     root = tmp_path_factory.getbasetemp() / "serve_project"
     root.mkdir(exist_ok=True)
@@ -35,13 +38,18 @@ def build_project(tmp_path_factory, tiny_llama: Path | None = None) -> Path:
     params["models"] = {"gbdt": {**params["models"]["gbdt"],
                                  "hist_gbdt": {"max_iter": 30, "min_samples_leaf": 5}},
                         "tiny-sft": tiny_sft_cfg("data/models/base/tiny", epochs=1,
-                                                 max_train_rows=32)}
+                                                 max_train_rows=32),
+                        "tiny-stack": {"method": "stack", "n_holdout": 40, "folds": 2,
+                                       "n_boot": 20}}
     params["runs"] = {"sft": {SFT_RUN: {"task": "noshow", "model": "tiny-sft", "base": "tiny"}},
                       "head": {}, "vlm": {}, "cohere": {},
                       "gbdt": {"noshow-gbdt": {"task": "noshow", "model": "gbdt"},
-                               "vascular-gbdt": {"task": "vascular_age", "model": "gbdt"}}}
+                               "vascular-gbdt": {"task": "vascular_age", "model": "gbdt"}},
+                      "stack": {STACK_RUN: {"task": "noshow", "model": "tiny-stack",
+                                            "llm": "tiny-sft", "baseline": "gbdt"}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     todo = list(GBDT_RUNS) + ([SFT_RUN] if tiny_llama else [])
+    todo += [STACK_RUN] if stack and tiny_llama else []
     with contextlib.chdir(root):
         for run_name in todo:
             if not (root / "trained" / run_name).exists():

@@ -135,3 +135,26 @@ def test_command_line_dispatch(in_project):
                               "--field", "sex=F"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "61-year-old woman" in r.stdout and "90 % interval" in r.stdout
+
+
+def test_list_fields_loads_no_model(in_project, capsys, monkeypatch):
+    """`--list-fields` only reads params: no model is loaded, no model library imported."""
+    import clinlm.ask
+
+    def boom(*_a, **_k):
+        raise AssertionError("--list-fields loaded the model")
+
+    monkeypatch.setattr(clinlm.ask, "_load_scorer", boom)
+    monkeypatch.setattr("clinlm.runs.make_run", boom)  # which checks the model libraries
+    code, out, _ = ask("--run", SFT_RUN, "--list-fields", "--format", "json", capsys=capsys)
+    assert code == 0 and "Age" in [f["name"] for f in json.loads(out)]
+
+
+def test_cli_prints_the_answer_only(in_project):
+    """No library notice around the answer of an LLM run (warnings, loading bars)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"}
+    env.pop("TQDM_DISABLE", None)
+    r = subprocess.run([sys.executable, "-m", "clinlm", "ask", "--run", SFT_RUN, "--json",
+                        json.dumps(example(SFT_RUN))], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and r.stdout.startswith("run:")

@@ -173,7 +173,7 @@ def test_predict_cli_on_a_new_csv(repo, tmp_path):
     sh([sys.executable, "-m", "clinlm.predict", "--run", "noshow-gbdt", "--input", str(new),
         "--output", str(out)], repo)
     lines = out.read_text().splitlines()
-    assert lines[0] == "id,y_true,p_yes,y_pred" and len(lines) == 11
+    assert lines[0] == "row,id,y_true,p_yes,y_pred,status,field,error" and len(lines) == 11
 
 
 def test_dvc_remote_push_clone_pull_reuses_every_stage(repo, tmp_path):

@@ -130,10 +130,21 @@ class GBDTMethod(Method):
                 "empty_features_left_out": empty,
                 "train_seconds": round(time.time() - t0, 2)}
 
-    def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
+    def load(self, run: Run) -> dict[str, Any]:
+        """The saved models and feature layout, read once (``clinlm ask`` / ``serve`` keep
+        them in memory; :meth:`predict_loaded` uses them)."""
+        return {"models": load_models(run.model_dir / MODEL_FILE),
+                "features": json.loads((run.model_dir / FEATURES_FILE).read_text())}
+
+    def predict_loaded(self, run: Run, df: pd.DataFrame, loaded: dict[str, Any]) -> pd.DataFrame:
+        """:meth:`predict` with the models of :meth:`load` (nothing read from disk)."""
+        return self.predict(run, df, loaded)
+
+    def predict(self, run: Run, df: pd.DataFrame,
+                loaded: dict[str, Any] | None = None) -> pd.DataFrame:
         """Probability of ``Yes`` (classification) or estimate + 90 % interval (regression)."""
-        m = load_models(run.model_dir / MODEL_FILE)
-        saved = json.loads((run.model_dir / FEATURES_FILE).read_text())
+        loaded = self.load(run) if loaded is None else loaded
+        m, saved = loaded["models"], loaded["features"]
         x = feature_frame(df).reindex(columns=saved["columns"])  # absent there: missing
         for c, cats in saved["categories"].items():  # unseen categories -> NaN, as in training
             x[c] = pd.Categorical(x[c].astype(object).astype(str).where(x[c].notna()),

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,9 +223,32 @@ def member_method(run: Run) -> Method:
     raise ValueError(f"{run.model}: a stack cannot hold a {method!r} member")
 
 
-def _member_scores(run: Run, df: pd.DataFrame) -> np.ndarray:
-    """The member's p_yes / y_pred for ``df``'s rows, in order, through its own predict."""
-    out = member_method(run).predict(run, df)
+def load_member(run: Run) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The run's model loaded ONCE; returns ``table -> its predict rows`` (the numbers its
+    method's ``predict`` gives, without loading anything again): what ``clinlm ask`` /
+    ``serve`` keep in memory, for a stack's members and for sft / head / gbdt runs alike.
+    An sft run on the vllm engine is the exception: its engine loads per call."""
+    method, name = member_method(run), run.cfg["method"]
+    if name == "head":
+        model, tok, meta = method.load(run)
+        return lambda df: method.predict_loaded(run, df, model, tok, meta)
+    if name == "sft" and run.cfg["predict"]["engine"] != "vllm":
+        from clinlm.llm.scorer import Scorer
+        from clinlm.methods.sft import score_rows
+
+        scorer = Scorer.from_run(run.model_dir, run.cfg)
+        return lambda df: score_rows(scorer, run, df)
+    if name == "gbdt":
+        loaded = method.load(run)
+        return lambda df: method.predict_loaded(run, df, loaded)
+    return lambda df: method.predict(run, df)
+
+
+def _member_scores(run: Run, df: pd.DataFrame,
+                   predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> np.ndarray:
+    """The member's p_yes / y_pred for ``df``'s rows, in order, through its own predict (or
+    ``predict``, its loaded form from :func:`load_member`)."""
+    out = (predict or (lambda d: member_method(run).predict(run, d)))(df)
     if list(out["id"].astype(str)) != list(df["id"].astype(str)):
         raise RuntimeError(f"{run.model}: predict returned rows out of order or missing")
     return out["p_yes" if run.task_type == CLASSIFICATION else "y_pred"].to_numpy(float)
@@ -325,9 +349,12 @@ def fit_stack(run: Run, train_df: pd.DataFrame, members: Members) -> dict[str, A
         "n_llm_train_rows": len(llm_ids), **report}, "train_seconds": round(time.time() - t0, 2)}
 
 
-def combine(run: Run, llm: np.ndarray, base: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
-    """The saved combiner applied to the members' scores -> the method predict schema."""
-    comb = Combiner.from_json(json.loads((run.model_dir / COMBINER_FILE).read_text()))
+def combine(run: Run, llm: np.ndarray, base: np.ndarray, ids: np.ndarray,
+            comb: Combiner | None = None) -> pd.DataFrame:
+    """The saved combiner (or ``comb``, already read) applied to the members' scores -> the
+    method predict schema."""
+    if comb is None:
+        comb = Combiner.from_json(json.loads((run.model_dir / COMBINER_FILE).read_text()))
     s = combine_scores(comb, llm, base)
     if run.task_type == CLASSIFICATION:
         return pd.DataFrame({"id": ids, "p_yes": s})
@@ -388,3 +415,24 @@ class StackMethod(Method):
             llm, base = (_member_scores(make_run(saved[r]["run"], params), df)
                          for r in ("llm", "baseline"))
         return combine(run, llm, base, ids.to_numpy())
+
+    def load(self, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The combiner and both members, each loaded ONCE (:func:`load_member`): what
+        ``clinlm ask`` / ``serve`` keep, so a request never reloads a member. ``params``: the
+        params the member runs are made from (default: ``params.yaml``)."""
+        from clinlm.params import load_params
+        from clinlm.runs import make_run
+
+        saved = json.loads((run.model_dir / COMBINER_FILE).read_text())
+        params = params if params is not None else load_params()
+        members = {r: make_run(saved[r]["run"], params) for r in ("llm", "baseline")}
+        return {"combiner": Combiner.from_json(saved), "members": members,
+                "predict": {r: load_member(m) for r, m in members.items()}}
+
+    def predict_loaded(self, run: Run, df: pd.DataFrame, loaded: dict[str, Any]) -> pd.DataFrame:
+        """:meth:`predict` with the models of :meth:`load`: every table through the loaded
+        members (the same numbers as their predictions CSVs on the test split)."""
+        ids = df["id"].astype(str).reset_index(drop=True)
+        llm, base = (_member_scores(loaded["members"][r], df, loaded["predict"][r])
+                     for r in ("llm", "baseline"))
+        return combine(run, llm, base, ids.to_numpy(), loaded["combiner"])

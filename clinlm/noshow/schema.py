@@ -72,7 +72,8 @@ def read_raw(path: Path, separator: str | None = ",", encoding: str = "utf-8",
     return read_table(path, separator, encoding, key_prefix, data=data)
 
 
-def validate(df: pd.DataFrame, path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, int]]:
+def validate(df: pd.DataFrame, path: str | os.PathLike, refuse_negative_age: bool = False
+             ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Check a Kaggle-schema table; return it cleaned plus counts of the documented drops.
 
     ``path`` only names the source in messages. Cells may be strings (as read from the CSV)
@@ -95,6 +96,9 @@ def validate(df: pd.DataFrame, path: str | os.PathLike) -> tuple[pd.DataFrame, d
     - rows whose ``ScheduledDay`` date is after the ``AppointmentDay`` date are kept (the
       statements stage clips waiting days at 0) -> ``n_scheduled_after_appointment``
       (5 in the real file).
+
+    ``refuse_negative_age`` (the prediction paths): a negative ``Age`` is an error like the
+    others instead of a dropped row, so a prediction is refused in place, never lost.
 
     Returns ``(frame, counts)``: the frame has exactly :data:`KAGGLE_COLUMNS` (extra columns
     are dropped with a warning), all cells strings in the canonical Kaggle formats
@@ -139,6 +143,9 @@ def validate(df: pd.DataFrame, path: str | os.PathLike) -> tuple[pd.DataFrame, d
 
     age = _integers(text["Age"], path, "Age", "Age must be an integer")
     _check(age > MAX_AGE, text["Age"], path, "Age", f"Age above {MAX_AGE}")
+    if refuse_negative_age:
+        _check(age < 0, text["Age"], path, "Age",
+               "negative Age (the training data leaves such rows out)")
     out["Age"] = age.astype(str)
 
     hood = text["Neighbourhood"]
@@ -194,8 +201,10 @@ def _check(bad: pd.Series | np.ndarray, values: pd.Series, path: str | os.PathLi
     idx = np.flatnonzero(np.asarray(bad, dtype=bool))
     if idx.size:
         first = int(idx[0])
+        cells = [(int(i) + 1, column, f"{message}: got {values.iloc[i]!r}") for i in idx]
         raise DataError(path, f"{message}: got {values.iloc[first]!r} "
-                              f"({idx.size} bad row(s) in all)", row=first + 1, column=column)
+                              f"({idx.size} bad row(s) in all)", row=first + 1, column=column,
+                        cells=cells)
 
 
 def _integers(values: pd.Series, path: str | os.PathLike, column: str,

@@ -11,14 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 
 from clinlm.io import DataError
-from clinlm.noshow.schema import LABEL_COLUMN, read_csv, validate
+from clinlm.noshow.schema import LABEL_COLUMN, read_csv, read_raw, validate
 from clinlm.noshow.sources import NoshowDownload
 from clinlm.noshow.sources import download as download_source
 from clinlm.noshow.statements import HOUR, OPTIONAL_FLAGS, build_statements
-from clinlm.tasks import Task, TaskConfig, check_records
+from clinlm.tasks import Task, TaskConfig
 
 RAW_CSV = "appointments.csv"
 
@@ -54,69 +55,91 @@ class NoshowTask(Task):
                                 style=opts.style)
 
     def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
-        """The Kaggle columns; a missing ``No-show`` column is allowed.
+        """The Kaggle columns; a missing ``No-show`` column (or an empty cell) is allowed.
 
         Those outcomes are unknown, so they count as attended in the history features and
-        the output has an empty ``label``.
+        the output has an empty ``label``. All or nothing: the first bad cell (a negative age
+        too) raises; ``clinlm predict`` answers the other rows (:meth:`screen_csv`).
         """
-        opts = self.statement_settings(cfg)
-        raw = pd.read_csv(path, dtype=str)
-        unlabeled = LABEL_COLUMN not in raw.columns
-        if unlabeled:
-            raw[LABEL_COLUMN] = "No"
-        table = build_statements(validate(raw, path)[0], history=opts.history,
-                                 style=opts.style)
-        if unlabeled:
-            table["label"] = None
-        return table
+        return self.frame_table(cfg, self.csv_frame(cfg, path), path)
 
     def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The Kaggle columns one appointment is described by (``ask``, the page's form)."""
         return [dict(f) for f in _FIELDS]
 
-    def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
-                           source: str = "request") -> pd.DataFrame:
-        """Statements table (``label`` empty) for appointments given as ``{field: value}``.
+    def records_frame(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                      source: str) -> tuple[pd.DataFrame, dict[int, tuple[str | None, str]]]:
+        """Appointments given as ``{field: value}`` -> Kaggle cells (label column absent).
 
-        The Kaggle validation (:func:`~clinlm.noshow.schema.validate`); flags also accept
-        ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID`` are optional. A
-        required field left out is an error naming it; an optional flag left out is "not
-        recorded" in the statement and NaN in its ``f_*`` feature (never taken as 0).
-        Each record is a separate patient with no earlier appointments, unless records share a
-        ``PatientId`` (then the earlier ones are its history, outcomes unknown = attended).
-        A :class:`~clinlm.io.DataError` names ``source``, the 1-based record and the field.
+        Flags also accept ``true``/``false``/``yes``/``no``; ``PatientId`` / ``AppointmentID``
+        are optional (default: the record's number). Each record is a separate patient with
+        no earlier appointments, unless records share a ``PatientId`` (then the earlier ones
+        are its history, outcomes unknown = attended). A missing required field refuses the
+        record, naming it; an optional field left out stays an empty cell, which
+        :meth:`frame_table` tells as "not recorded" (never taken as 0).
         """
-        names = [f["name"] for f in _FIELDS]
-        check_records(records, names, source)
-        rows, unrecorded = [], []
+        rows, refused = [], {}
         for i, rec in enumerate(records, 1):
-            row, unknown = {}, {}
+            row = {}
             for f in _FIELDS:
                 v = rec.get(f["name"])
                 if v is None or (isinstance(v, str) and not v.strip()):
-                    if f["required"]:
-                        raise DataError(source, f"missing required field: {f['label']} "
-                                                f"({f['help']})", row=i, column=f["name"])
-                    # said "not recorded" in the statement, NaN in f_*; the 0 only passes
-                    # the Kaggle validation and is never read (build_statements' unrecorded)
-                    unknown[f["name"]] = True
-                    v = "0" if f["name"] in OPTIONAL_FLAGS else ""
+                    if f["required"] and i not in refused:
+                        refused[i] = (f["name"], f"missing required field: {f['label']} "
+                                                 f"({f['help']})")
+                    v = ""
                 if f["kind"] == "bool":
                     v = _FLAG.get(str(v).strip().lower(), v)
                 row[f["name"]] = str(v)
             row["PatientId"] = row["PatientId"] or str(i)
             row["AppointmentID"] = row["AppointmentID"] or str(i)
             rows.append(row)
-            unrecorded.append({c: unknown.get(c, False) for c in OPTIONAL_FLAGS})
-            # a booking day without its time: no hour to tell (not midnight)
-            unrecorded[-1][HOUR] = not _TIME.search(row["ScheduledDay"])
-        raw = pd.DataFrame(rows)
-        raw[LABEL_COLUMN] = "No"
+        return pd.DataFrame(rows, columns=[f["name"] for f in _FIELDS]), refused
+
+    def csv_frame(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """Every cell of a Kaggle-format ``.csv`` (or a ``.zip`` holding one) as text; read
+        with the csv source's separator and encoding when that is the task's source."""
+        if not Path(path).is_file():
+            raise DataError(path, "file not found")
+        dl = self.download_settings(cfg)
+        separator = dl.csv_separator if dl.source == "csv" else ","
+        return read_raw(Path(path), separator, dl.csv_encoding)
+
+    def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
+                    source: str | Path) -> pd.DataFrame:
+        """The Kaggle validation with negative ages refused (the training filter drops them),
+        then the statements; an absent or empty ``No-show`` is an unknown label.
+
+        An empty optional flag is "not recorded" in the statement and NaN in its ``f_*``
+        feature (the ``0`` put there only passes the Kaggle validation and is never read);
+        a booking day without its time has no hour to tell. Training never comes here: the
+        Kaggle file has every cell.
+        """
+        raw = raw.copy()
+        if LABEL_COLUMN in raw.columns:
+            unknown = raw[LABEL_COLUMN].fillna("").astype(str).str.strip().eq("").to_numpy()
+        else:
+            unknown = np.ones(len(raw), dtype=bool)
+            raw[LABEL_COLUMN] = ""
+        raw.loc[unknown, LABEL_COLUMN] = "No"
+        unrecorded = pd.DataFrame(index=range(len(raw)))
+        for c in OPTIONAL_FLAGS:
+            empty = (raw[c].fillna("").astype(str).str.strip().eq("").to_numpy()
+                     if c in raw.columns else np.ones(len(raw), dtype=bool))
+            unrecorded[c] = empty
+            raw[c] = np.where(empty, "0", raw[c] if c in raw.columns else "0")
+        unrecorded[HOUR] = ~raw["ScheduledDay"].fillna("").astype(str).str.contains(_TIME).to_numpy()
         opts = self.statement_settings(cfg)
-        table = build_statements(validate(raw, source)[0], history=opts.history,
-                                 style=opts.style, unrecorded=pd.DataFrame(unrecorded))
-        table["label"] = None
+        table = build_statements(validate(raw, source, refuse_negative_age=True)[0],
+                                 history=opts.history, style=opts.style, unrecorded=unrecorded)
+        table["label"] = table["label"].astype(object).where(~unknown, None)
         return table
+
+    def frame_ids(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> list[str | None]:
+        """``AppointmentID`` (a record without one: its number)."""
+        if "AppointmentID" not in raw.columns:
+            return [None] * len(raw)
+        return [str(v).strip() or None for v in raw["AppointmentID"].fillna("")]
 
 
 _TIME = re.compile(r"\d[T ]\d{1,2}:\d{2}")

@@ -280,7 +280,10 @@ class Problems:
         r0 = int(first[2][0])
         head = (f"{first[1]} ({first[3].iloc[r0]!r}); {total} bad cell(s) in "
                 f"{len({g[0] for g in groups})} column(s):")
-        raise DataError(self.path, head + "\n" + "\n".join(lines), row=r0 + 1, column=first[0])
+        cells = [(int(r) + 1, column, f"{what}: got {values.iloc[r]!r}")
+                 for column, what, rows, values, _ in groups for r in rows]
+        raise DataError(self.path, head + "\n" + "\n".join(lines), row=r0 + 1, column=first[0],
+                        cells=cells)
 
 
 def _norm(text: pd.Series) -> pd.Series:

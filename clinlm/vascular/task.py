@@ -34,12 +34,15 @@ import pandas as pd
 from pydantic import Field
 
 from clinlm.io import DataError, atomic_path, write_json, write_parquet
-from clinlm.tasks import Task, TaskConfig, check_records
+from clinlm.tasks import Task, TaskConfig
 from clinlm.vascular.csvsource import CsvColumn, CsvOptions
 
 log = logging.getLogger(__name__)
 
 SUBJECTS, SIGNALS, SIGNALS_META = "subjects.parquet", "signals.npy", "signals.json"
+#: the id column a user's rows get when they carry none: the 1-based row number of the input
+#: (kept through validation, so a refused row never renumbers the others)
+ROW_ID = "_clinlm_row"
 
 
 class VascularDownload(TaskConfig):
@@ -239,19 +242,10 @@ class VascularAgeTask(Task):
 
         With source ``csv`` the columns are the user's (``download.columns``); otherwise the
         canonical field names of :meth:`input_fields`. The target column may be absent (new
-        patients to predict): ``label`` is then NaN. Errors name the user's file, row, column.
+        patients to predict): ``label`` is then NaN. Errors name the user's file, row, column
+        (all or nothing; ``clinlm predict`` answers the good rows: :meth:`screen_csv`).
         """
-        from clinlm.io import read_table
-        from clinlm.vascular.csvsource import parse_frame
-
-        opts = self._record_options(cfg)
-        dl: VascularDownload = self.download_settings(cfg)
-        raw = read_table(path, opts.separator, opts.encoding, opts.key_prefix)
-        if dl.source == "csv":  # the file's own ids and groups when it has those columns
-            opts = opts.model_copy(update={
-                "id_column": dl.id_column if dl.id_column in raw.columns else None,
-                "group_column": dl.group_column if dl.group_column in raw.columns else None})
-        return self._statements(cfg, parse_frame(raw, opts, path, require_target=False))
+        return self.frame_table(cfg, self.csv_frame(cfg, path), path)
 
     def input_fields(self, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The fields one subject is described by (``ask``, the page's form).
@@ -274,25 +268,58 @@ class VascularAgeTask(Task):
                         "help": help_})
         return out
 
-    def table_from_records(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
-                           source: str = "request") -> pd.DataFrame:
-        """Statements table (``label`` NaN) for subjects given as ``{field: value}`` dicts.
+    def records_frame(self, cfg: Mapping[str, Any], records: list[dict[str, Any]],
+                      source: str) -> tuple[pd.DataFrame, dict[int, tuple[str | None, str]]]:
+        """Subjects given as ``{field: value}`` -> the mapped columns' cells (+ the record's
+        number as its id); a record with no field given is refused."""
+        known = list(self._record_options(cfg).columns)
+        refused = {i: (None, "no field given") for i, rec in enumerate(records, 1)
+                   if all(rec.get(k) in (None, "") for k in known)}
+        raw = pd.DataFrame([{k: "" if rec.get(k) is None else str(rec.get(k)) for k in known}
+                            for rec in records], columns=known)
+        raw[ROW_ID] = [str(i) for i in range(1, len(records) + 1)]
+        return raw, refused
 
-        The same validation as the csv source; unknown fields are errors. A
-        :class:`~clinlm.io.DataError` names ``source``, the 1-based record and the field.
-        """
-        from clinlm.vascular.csvsource import parse_frame
+    def csv_frame(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
+        """The cells of a user's table (the csv source's separator / encoding / markers); a
+        table without its id column gets the data line number as the id."""
+        from clinlm.io import read_table
 
         opts = self._record_options(cfg)
-        known = list(opts.columns)
-        check_records(records, known, source)
-        for i, rec in enumerate(records, 1):
-            if all(rec.get(k) in (None, "") for k in known):
-                raise DataError(source, "no field given", row=i)
-        raw = pd.DataFrame([{k: "" if rec.get(k) is None else str(rec.get(k)) for k in known}
-                            for rec in records], columns=list(opts.columns))
+        raw = read_table(path, opts.separator, opts.encoding, opts.key_prefix)
+        if self._id_column(cfg, raw) is None:
+            raw[ROW_ID] = np.arange(1, len(raw) + 1).astype(str)
+        return raw
+
+    def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
+                    source: str | Path) -> pd.DataFrame:
+        """The csv source's validation (:func:`~clinlm.vascular.csvsource.parse_frame`; every
+        bad cell listed), then the statements; the target column may be absent. A field left
+        empty is said as "not recorded" in the statement (the prediction paths only: training
+        statements come from :meth:`build_table`)."""
+        from clinlm.vascular.csvsource import parse_frame
+
+        dl: VascularDownload = self.download_settings(cfg)
+        group = dl.group_column if dl.source == "csv" and dl.group_column in raw.columns else None
+        opts = self._record_options(cfg).model_copy(update={
+            "id_column": self._id_column(cfg, raw) or (ROW_ID if ROW_ID in raw.columns else None),
+            "group_column": group})
         return self._statements(cfg, parse_frame(raw, opts, source, require_target=False),
-                                say_unrecorded=True)
+                               say_unrecorded=True)
+
+    def frame_ids(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> list[str | None]:
+        """The file's id column (source ``csv`` with ``id_column``), else the row number."""
+        col = self._id_column(cfg, raw) or ROW_ID
+        if col not in raw.columns:
+            return [None] * len(raw)
+        return [str(v).strip() or None for v in raw[col].fillna("")]
+
+    def _id_column(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> str | None:
+        """The csv source's ``id_column`` when this table has it."""
+        dl: VascularDownload = self.download_settings(cfg)
+        if dl.source == "csv" and dl.id_column and dl.id_column in raw.columns:
+            return dl.id_column
+        return None
 
     def _record_options(self, cfg: Mapping[str, Any]) -> CsvOptions:
         """How a user's rows are read: the csv mapping, or the canonical fields."""
