@@ -203,11 +203,13 @@ class Task:
         raise NotImplementedError
 
     def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
-                    source: str | Path) -> pd.DataFrame:
+                    source: str | Path, *, from_records: bool = False) -> pd.DataFrame:
         """Raw rows (of :meth:`records_frame` / :meth:`csv_frame`) -> statements table, one row
         per raw row in order. Bad cells raise a :class:`~clinlm.io.DataError` whose ``cells``
         list them (row numbers within ``raw``); a row the training data's documented filters
         would drop (noshow: a negative age) is such a cell here, never dropped silently.
+        ``from_records``: the rows are fields a person gave (``ask``, the page), where a field
+        left empty is said as "not recorded"; a CSV's statements equal the pipeline's own.
         """
         raise NotImplementedError
 
@@ -231,7 +233,8 @@ class Task:
         raw, more = self.records_frame(cfg, clean, source)
         for row, why in more.items():
             refused.setdefault(row, why)
-        return screen_frame(raw, lambda part: self.frame_table(cfg, part, source), refused,
+        return screen_frame(raw, lambda part: self.frame_table(cfg, part, source, from_records=True),
+                            refused,
                             self.frame_ids(cfg, raw))
 
     def screen_csv(self, cfg: Mapping[str, Any], path: Path) -> Screened:

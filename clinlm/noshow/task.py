@@ -106,14 +106,15 @@ class NoshowTask(Task):
         return read_raw(Path(path), separator, dl.csv_encoding)
 
     def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
-                    source: str | Path) -> pd.DataFrame:
+                    source: str | Path, *, from_records: bool = False) -> pd.DataFrame:
         """The Kaggle validation with negative ages refused (the training filter drops them),
         then the statements; an absent or empty ``No-show`` is an unknown label.
 
-        An empty optional flag is "not recorded" in the statement and NaN in its ``f_*``
-        feature (the ``0`` put there only passes the Kaggle validation and is never read);
-        a booking day without its time has no hour to tell. Training never comes here: the
-        Kaggle file has every cell.
+        Fields a person gave (``from_records``): an empty optional flag is "not recorded" in
+        the statement and NaN in its ``f_*`` feature (the ``0`` put there only passes the
+        Kaggle validation and is never read), and a booking day without its time has no hour
+        to tell. A CSV is read exactly as the pipeline reads the Kaggle file (an empty flag is
+        refused), so a row predicted from a file reads as it did in training.
         """
         raw = raw.copy()
         if LABEL_COLUMN in raw.columns:
@@ -122,13 +123,7 @@ class NoshowTask(Task):
             unknown = np.ones(len(raw), dtype=bool)
             raw[LABEL_COLUMN] = ""
         raw.loc[unknown, LABEL_COLUMN] = "No"
-        unrecorded = pd.DataFrame(index=range(len(raw)))
-        for c in OPTIONAL_FLAGS:
-            empty = (raw[c].fillna("").astype(str).str.strip().eq("").to_numpy()
-                     if c in raw.columns else np.ones(len(raw), dtype=bool))
-            unrecorded[c] = empty
-            raw[c] = np.where(empty, "0", raw[c] if c in raw.columns else "0")
-        unrecorded[HOUR] = ~raw["ScheduledDay"].fillna("").astype(str).str.contains(_TIME).to_numpy()
+        unrecorded = _fill_unrecorded(raw) if from_records else None
         opts = self.statement_settings(cfg)
         table = build_statements(validate(raw, source, refuse_negative_age=True)[0],
                                  history=opts.history, style=opts.style, unrecorded=unrecorded)
@@ -140,6 +135,20 @@ class NoshowTask(Task):
         if "AppointmentID" not in raw.columns:
             return [None] * len(raw)
         return [str(v).strip() or None for v in raw["AppointmentID"].fillna("")]
+
+
+def _fill_unrecorded(raw: pd.DataFrame) -> pd.DataFrame:
+    """Which optional cells a person left empty (and whether the booking has a time); the
+    empty flags are set to ``0`` in ``raw`` in place, only to pass the Kaggle validation:
+    ``build_statements`` reads them as "not recorded", never as 0."""
+    unrecorded = pd.DataFrame(index=range(len(raw)))
+    for c in OPTIONAL_FLAGS:
+        cells = raw[c] if c in raw.columns else pd.Series("", index=raw.index)
+        empty = cells.fillna("").astype(str).str.strip().eq("").to_numpy()
+        unrecorded[c] = empty
+        raw[c] = np.where(empty, "0", cells)
+    unrecorded[HOUR] = ~raw["ScheduledDay"].fillna("").astype(str).str.contains(_TIME).to_numpy()
+    return unrecorded
 
 
 _TIME = re.compile(r"\d[T ]\d{1,2}:\d{2}")

@@ -292,11 +292,11 @@ class VascularAgeTask(Task):
         return raw
 
     def frame_table(self, cfg: Mapping[str, Any], raw: pd.DataFrame,
-                    source: str | Path) -> pd.DataFrame:
+                    source: str | Path, *, from_records: bool = False) -> pd.DataFrame:
         """The csv source's validation (:func:`~clinlm.vascular.csvsource.parse_frame`; every
-        bad cell listed), then the statements; the target column may be absent. A field left
-        empty is said as "not recorded" in the statement (the prediction paths only: training
-        statements come from :meth:`build_table`)."""
+        bad cell listed), then the statements; the target column may be absent. Fields a person
+        left empty (``from_records``) are said as "not recorded"; a CSV's statements are the
+        csv source's own, so a row predicted from a file reads as it did in training."""
         from clinlm.vascular.csvsource import parse_frame
 
         dl: VascularDownload = self.download_settings(cfg)
@@ -305,7 +305,7 @@ class VascularAgeTask(Task):
             "id_column": self._id_column(cfg, raw) or (ROW_ID if ROW_ID in raw.columns else None),
             "group_column": group})
         return self._statements(cfg, parse_frame(raw, opts, source, require_target=False),
-                               say_unrecorded=True)
+                               say_unrecorded=from_records)
 
     def frame_ids(self, cfg: Mapping[str, Any], raw: pd.DataFrame) -> list[str | None]:
         """The file's id column (source ``csv`` with ``id_column``), else the row number."""
