@@ -46,8 +46,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, exact: bool) -> list
     ``exact``: a batch holds rows of one length only, so no row is ever padded and each row
     runs the very kernels it runs alone. Why: under bf16/fp16, padding changes a row's
     attention path (a mask instead of none, another reduction length), and its answer then
-    moved with its batch-mates (sdpa: 0.03-0.05 years on a tiny model; the issue saw 4 years
-    on SmolLM2). Row-invariant matmuls are assumed (true on the CPUs measured: BENCHMARKS.md).
+    moved with its batch-mates (tests/test_batch_invariance.py). Matmuls whose rows do not
+    depend on the other rows are assumed (BENCHMARKS.md, batch invariance).
     """
     order = np.argsort(np.asarray(lengths), kind="stable")
     if not exact:
