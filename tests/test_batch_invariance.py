@@ -56,6 +56,7 @@ def _assert_invariant(score, df: pd.DataFrame, column: str) -> None:
         assert abs(three - alone) <= TOL and abs(many - alone) <= TOL, (k, alone, three, many)
 
 
+@pytest.mark.slow  # a 4-bit training and 12 scorings per case (~25 s each on 2 shared cores)
 @pytest.mark.parametrize("attn", ["sdpa"])  # eager (the CPU presets) was already exact
 @pytest.mark.parametrize("method", ["head", "sft"])
 def test_a_row_scores_the_same_alone_and_in_batches(method, attn, tiny_llama, tmp_path,
