@@ -348,13 +348,12 @@ def test_probe_init_starts_the_head_at_the_linear_probe(tiny_base: str, tmp_path
 
 def test_regression_answers_stay_in_the_answer_range_and_the_question_is_substituted(
         tiny_base: str, tmp_path: Path) -> None:
-    """A narrow answer range makes the trained head's raw outputs leave it: every answer is
-    then inside, and ``clipped`` says which. The head reads the task's question with
-    ``{target}`` replaced (the words sft's prompt uses), not the template."""
-    cfg = make_cfg(tiny_base, epochs=2)
+    """An answer range narrower than the trained head's raw outputs: every answer is inside
+    it, and ``clipped`` says exactly which rows were moved. The head reads the task's question
+    with ``{target}`` replaced (the words sft's prompt uses), not the template."""
+    cfg = make_cfg(tiny_base, epochs=4)
     cfg["head_init"] = "random"
-    task = {"prompt": {"target": "vascular age", "question": "What is the {target}?"},
-            "answer": {"min": 40, "max": 60}}
+    task = {"prompt": {"target": "vascular age", "question": "What is the {target}?"}}
     run = Run("vascular_age", REGRESSION, "head_tiny", cfg, tmp_path / "model", tmp_path,
               seed=0, task_cfg=task)
     df = ages_table()
@@ -362,12 +361,14 @@ def test_regression_answers_stay_in_the_answer_range_and_the_question_is_substit
     method.train(run, df)
     meta = json.loads((run.model_dir / META_FILE).read_text())
     assert meta["question"] == "What is the vascular age?"
-    out = method.predict(run, df)
-    assert out["y_pred"].between(40, 60).all() and out["clipped"].dtype == bool
     model, tok, meta = method.load(run)
     raw = TargetScaler(**meta["scaler"]).inverse(head_logits(
         model, tok, head_texts(df["statement"].tolist(), meta["question"]), 8, 64)[:, 0])
-    assert out["clipped"].tolist() == ((raw < 40) | (raw > 60)).tolist()
-    assert out["clipped"].any() and not out["clipped"].all()
+    lo, hi = int(np.floor(np.quantile(raw, 0.3))), int(np.ceil(np.quantile(raw, 0.7)))
+    assert ((raw < lo) | (raw > hi)).any() and ((raw >= lo) & (raw <= hi)).any(), raw
+    run.task_cfg["answer"] = {"min": lo, "max": hi}
+    out = method.predict_loaded(run, df, model, tok, meta)
+    assert out["y_pred"].between(lo, hi).all() and out["clipped"].dtype == bool
+    assert out["clipped"].tolist() == ((raw < lo) | (raw > hi)).tolist()
     inside = ~out["clipped"].to_numpy()
     np.testing.assert_allclose(out["y_pred"].to_numpy()[inside], raw[inside], rtol=1e-5)
