@@ -81,12 +81,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
 
     For model folders: a failed save leaves the previous folder (or nothing) at ``path``.
+    Every file and folder in it gets the mode the umask gives (a library that writes through
+    its own private temp files, as safetensors did with ``model.safetensors``, left 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        for p in tmp.rglob("*"):
+            if not p.is_symlink():
+                _shareable(p, directory=p.is_dir())
         _shareable(tmp, directory=True)
         if path.exists():
             shutil.rmtree(path)

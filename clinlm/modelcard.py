@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clinlm.methods.base import CLASSIFICATION, Run
+from clinlm.prompts import prompt_text
 
 EMBEDDED_HUB_IDS = {"embedded:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # licence ids (Hub metadata) of the bases the presets name; unknown bases get no `license`
@@ -100,14 +101,17 @@ def _ci(ci: Any) -> str:
         and None not in ci else ""
 
 
-def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path) -> tuple[list[str], list[str]]:
-    """(markdown lines of the metrics table, sentences on where the model fell short)."""
+def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path
+                    ) -> tuple[list[str], list[str], list[str]]:
+    """(markdown lines of the metrics table, sentences on where the model fell short, every
+    metric whose point estimate is below the baseline's). The card's summary sentence reads
+    all metrics, not one: "no metric below the baseline" only when none is."""
     mine = _read(metrics_root / run.task / f"{run.model}.json")
     if not mine:
         return [f"No metrics yet (`metrics/{run.task}/{run.model}.json` is missing: run "
-                f"`dvc repro evaluate_{run.cfg['method']}@...`)."], []
+                f"`dvc repro evaluate_{run.cfg['method']}@...`)."], [], []
     base_name = baseline_model(params, run.task)
-    base = _read(metrics_root / run.task / f"{base_name}.json") if base_name != run.model else {}
+    base = _read(metrics_root / run.task / f"{base_name}.json") if base_name != run.model else mine
     summary = _read(metrics_root / "summary.json").get(run.task, {})
     s_mine, s_base = summary.get(run.model, {}), summary.get(base_name or "", {})
     keys = [k for k in METRICS[run.task_type] if k in mine]
@@ -119,7 +123,7 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path) -> tup
     vs = s_mine.get("vs_baseline") or {}
     lines += [head + (" difference (paired 95 % CI) |" if vs else ""),
               "|---|---|---|" + ("---|" if vs else "")]
-    fails = []
+    fails, below = [], []
     for k in keys:
         row = (f"| {k} | {_fmt(mine.get(k))}{_ci((s_mine.get('ci95') or {}).get(k))} "
                f"| {_fmt(base.get(k))}{_ci((s_base.get('ci95') or {}).get(k))} |")
@@ -130,6 +134,8 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path) -> tup
         if base.get(k) is None or mine.get(k) is None:
             continue
         worse = mine[k] > base[k] if k in LOWER_IS_BETTER else mine[k] < base[k]
+        if worse:
+            below.append(f"{k} {_fmt(mine[k])} vs {_fmt(base[k])}")
         verdict = (vs.get(k) or {}).get("verdict")
         if verdict == "worse" or (worse and verdict is None and k in ("roc_auc", "mae")):
             fails.append(f"{k} {_fmt(mine[k])} against the baseline's {_fmt(base[k])}"
@@ -144,7 +150,7 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path) -> tup
     if run.task_type != CLASSIFICATION and mine.get("coverage_90") is not None \
             and mine["coverage_90"] < 0.85:
         fails.append(f"its 90 % intervals cover only {mine['coverage_90']:.0%} of the test targets")
-    return lines, fails
+    return lines, fails, below
 
 
 def decoding(run: Run) -> str:
@@ -163,9 +169,13 @@ def decoding(run: Run) -> str:
         return ("A linear head on the last token's hidden state (sequence classification): "
                 + ("softmax over No/Yes gives P(Yes)." if run.task_type == CLASSIFICATION else
                    "one output, the standardised target; `head.json` holds the training "
-                   "mean/std that turn it into years (no interval)."))
+                   f"mean/std that turn it into years, bounded to [{ans.get('min')}, "
+                   f"{ans.get('max')}] (no interval)."))
     if method == "gbdt":
-        return "scikit-learn HistGradientBoosting on the table's `f_*` features."
+        return ("scikit-learn HistGradientBoosting on the table's `f_*` features"
+                + ("." if run.task_type == CLASSIFICATION else
+                   f"; the estimate and its 90 % interval (5 %/95 % quantile models, widened to "
+                   f"hold the estimate) bounded to [{ans.get('min')}, {ans.get('max')}]."))
     return f"method {method}"
 
 
@@ -194,8 +204,8 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
                          pipeline_tag=pipeline, tags=tags, license=BASE_LICENSES.get(hub or ""))
     info = _read(run.model_dir / "train_info.json")
     split = run.task_cfg.get("split") or {}
-    metric_lines, fails = metrics_section(run, params, Path(metrics_root))
-    question = run.task_cfg["prompt"]["question"]
+    metric_lines, fails, below = metrics_section(run, params, Path(metrics_root))
+    question = prompt_text(run.task_cfg, "question")
     what = ("whether a patient will miss a medical appointment (Yes/No)" if run.task == "noshow"
             else "a person's vascular age in years from ECG features and health data"
             if run.task == "vascular_age" else f"the {run.task} task")
@@ -222,21 +232,11 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
                                             "sft", "predict") if k in run.cfg}
         body += ["## Training settings (every value of the run, defaults filled in)", "",
                  *_yaml_block(settings), ""]
-        body += ["## Use", "", "```python"]
-        if method == "sft":
-            body += ["from peft import AutoPeftModelForCausalLM",
-                     "from transformers import AutoTokenizer",
-                     f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")",
-                     f"tok = AutoTokenizer.from_pretrained(\"{repo_id}\")"]
-        else:
-            body += ["from peft import AutoPeftModelForSequenceClassification",
-                     f"model = AutoPeftModelForSequenceClassification.from_pretrained("
-                     f"\"{repo_id}\", num_labels={2 if run.task_type == CLASSIFICATION else 1})"]
-        if merged:
-            cls = "AutoModelForCausalLM" if method == "sft" else "AutoModelForSequenceClassification"
-            body += ["# or the merged weights (no peft, no bitsandbytes; vLLM/TGI load them too):",
-                     f"from transformers import {cls}",
-                     f"merged = {cls}.from_pretrained(\"{repo_id}\", subfolder=\"merged\")"]
+        from clinlm.cardsnippet import use_snippet
+        body += ["## Use", "",
+                 "Gives the pipeline's answer for one statement (the test suite runs this code "
+                 "against a released folder and compares it with `clinlm predict`):", "",
+                 "```python", *use_snippet(run, repo_id, merged)]
         body += ["```", ""]
     body += ["## Results on the held-out test split", "", *metric_lines, "",
              "## Intended use", "",
@@ -253,7 +253,9 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
                     "populations is unknown.")
     for f in fails:
         body.append(f"* Shown to fall short on this test split: {f}.")
-    if not fails and mine:
+    if below and baseline_model(params, run.task) != run.model:
+        body.append("* Below the baseline's point estimate on: " + "; ".join(below) + ".")
+    elif mine and baseline_model(params, run.task) != run.model:
         body.append("* No metric here is below the baseline's, which does not make it better "
                     "on new data.")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"))

@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def prompt_text(task_cfg: dict[str, Any], part: str) -> str | None:
+    """``prompt[part]`` (``system`` or ``question``) with ``{target}`` substituted, or None
+    when the task has no such part. The one place the substitution happens: the head method's
+    text input and the chat messages below read the same words."""
+    prompt = task_cfg["prompt"]
+    text = prompt.get(part)
+    return None if text is None else text.replace("{target}", prompt.get("target") or "")
+
+
 def build_messages(statement: str, task_cfg: dict[str, Any],
                    answer: str | None = None) -> list[dict[str, str]]:
     """Return ``[system, user(, assistant)]`` chat messages for one statement.
@@ -17,13 +26,9 @@ def build_messages(statement: str, task_cfg: dict[str, Any],
     templates then insert their own default (SmolLM2's: "You are a helpful AI assistant named
     SmolLM, ..."); ``""`` keeps an empty system turn, the shortest prompt with those.
     """
-    prompt = task_cfg["prompt"]
-    target = prompt.get("target") or ""
-    system = prompt.get("system")
-    msgs = [] if system is None else [{"role": "system",
-                                       "content": system.replace("{target}", target)}]
-    msgs.append({"role": "user",
-                 "content": f"{statement}\n{prompt['question'].replace('{target}', target)}"})
+    system = prompt_text(task_cfg, "system")
+    msgs = [] if system is None else [{"role": "system", "content": system}]
+    msgs.append({"role": "user", "content": f"{statement}\n{prompt_text(task_cfg, 'question')}"})
     if answer is not None:
         msgs.append({"role": "assistant", "content": answer})
     return msgs

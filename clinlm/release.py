@@ -18,7 +18,9 @@ Safety:
 * a re-release of the same content is a no-op: the remote files' hashes (git blob sha1, or
   the LFS sha256) are compared with the staged files first, and nothing is committed when
   all match (the Hub would also drop unchanged files, but this needs no upload at all);
-* a Hub commit is atomic: a failed upload commits nothing, and re-running resumes it.
+* a Hub commit is atomic: a failed upload commits nothing, and re-running resumes it;
+* the Hub is contacted (repo, visibility, branch) before anything is built, and the staging
+  folder, with any scratch folder made for it, is gone afterwards.
 """
 
 from __future__ import annotations
@@ -105,11 +107,18 @@ def changed_files(folder: Path, paths: list[str], remote: dict[str, Any]) -> lis
     return out
 
 
-def publish(api: Any, folder: Path, paths: list[str], repo_id: str, revision: str,
-            public: bool, message: str) -> dict[str, Any]:
-    """Create the repo (private unless ``public``), then commit what changed (or nothing)."""
-    from huggingface_hub.errors import RevisionNotFoundError
+def _hub_step(repo_id: str, revision: str, step: str, e: Exception) -> ReleaseError:
+    """A Hub failure (HfHubHTTPError, connection errors) as an error naming the step."""
+    return ReleaseError(f"release to {repo_id}@{revision} failed while {step}: "
+                        f"{type(e).__name__}: {str(e).rstrip('.')}. Nothing was committed by "
+                        "this step; the local model folder is unchanged; run the same command "
+                        "again to retry")
 
+
+def open_repo(api: Any, repo_id: str, revision: str, public: bool) -> bool:
+    """Create the repo (private unless ``public``) and the branch; returns whether it is
+    private. Runs before anything is built: a bad token, a public repo or an unreachable Hub
+    stop the release before a merged export (minutes, GBs) is made for nothing."""
     step = "creating the repo"
     try:
         api.create_repo(repo_id, private=not public, exist_ok=True)
@@ -121,7 +130,20 @@ def publish(api: Any, folder: Path, paths: list[str], repo_id: str, revision: st
         if revision != "main":
             step = f"creating branch {revision}"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        step = "listing the remote files"
+        return private
+    except ReleaseError:
+        raise
+    except Exception as e:
+        raise _hub_step(repo_id, revision, step, e) from e
+
+
+def publish(api: Any, folder: Path, paths: list[str], repo_id: str, revision: str,
+            private: bool, message: str) -> dict[str, Any]:
+    """Commit what changed (or nothing) to the repo :func:`open_repo` opened."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    step = "listing the remote files"
+    try:
         try:
             remote = {f.path: f for f in api.list_repo_tree(repo_id, revision=revision,
                                                             recursive=True)
@@ -137,36 +159,56 @@ def publish(api: Any, folder: Path, paths: list[str], repo_id: str, revision: st
                                  commit_message=message)
         return {"repo": repo_id, "revision": revision, "changed": todo, "private": private,
                 "commit": getattr(info, "oid", None), "url": getattr(info, "commit_url", None)}
-    except ReleaseError:
-        raise
-    except Exception as e:  # HfHubHTTPError, connection errors: say which step failed
-        raise ReleaseError(f"release to {repo_id}@{revision} failed while {step}: "
-                           f"{type(e).__name__}: {str(e).rstrip('.')}. Nothing was committed by this step; the "
-                           "local model folder is unchanged; run the same command again to "
-                           "retry") from e
+    except Exception as e:
+        raise _hub_step(repo_id, revision, step, e) from e
+
+
+def _made_dirs(path: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` of ``path`` would create, deepest first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        path = path.parent
+    return out
 
 
 def release(run_name: str, repo_id: str, *, params_path: str | Path = "params.yaml",
             public: bool = False, include_merged: bool = False,
             revision: str = "main") -> dict[str, Any]:
-    """Stage and publish ``run_name`` to ``repo_id`` (see module docstring)."""
+    """Open the Hub repo, then stage and publish ``run_name`` (see module docstring).
+
+    The order: the token, the run's trained folder, the Hub (repo, visibility, branch), and
+    only then the staging (the merged export with ``--include-merged``). Nothing is left
+    behind: the staging folder and any scratch folder made for it are removed.
+    """
     from huggingface_hub import HfApi
 
+    from clinlm.export import check_trained
     from clinlm.params import load_params
     from clinlm.runs import make_run
 
     token = hf_token()  # first: no work without a token
     params = load_params(params_path)
     run = make_run(run_name, params)
-    scratch = run.work_dir if run.work_dir else None  # same disk as the model (merged: GBs)
+    check_trained(run)
+    api = HfApi(token=token)
+    private = open_repo(api, repo_id, revision, public)
+    scratch = Path(run.work_dir) if run.work_dir else None  # same disk as the model (GBs)
+    made = _made_dirs(scratch) if scratch else []
     if scratch:
-        Path(scratch).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".release-", dir=scratch) as tmp:
-        folder = Path(tmp)
-        paths = stage(run, params, run_name, repo_id, folder, merged=include_merged)
-        api = HfApi(token=token)
-        result = publish(api, folder, paths, repo_id, revision, public,
-                         f"Release {run_name} ({run.task}/{run.model})")
+        scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".release-", dir=scratch) as tmp:
+            folder = Path(tmp)
+            paths = stage(run, params, run_name, repo_id, folder, merged=include_merged)
+            result = publish(api, folder, paths, repo_id, revision, private,
+                             f"Release {run_name} ({run.task}/{run.model})")
+    finally:
+        for d in made:  # deepest first; a folder something else wrote into stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
     return {**result, "files": paths}
 
 

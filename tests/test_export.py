@@ -4,6 +4,7 @@ peft/bitsandbytes and answers like the adapter path (tiny random Llama, CPU)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -40,6 +41,9 @@ def trained(tiny_llama, tmp_path_factory):
 def _plain_files(out):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600
     assert not names & {"adapter_config.json", "adapter_model.safetensors"}  # no peft files
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["dtype"] == "float32"

@@ -89,7 +89,8 @@ def test_point_metrics_only_without_summary(params, tmp_path):
     text, meta = card_of(run, params, "noshow-smollm2-head", tmp_path)
     assert meta["pipeline_tag"] == "text-classification" and meta["base_model"] == HUB_BASE
     assert "Point estimates only" in text and "[0." not in text.split("## Results")[1]
-    assert "linear head" in text and "SYNTHETIC" in text and "AutoPeftModelForSequenceClassification" in text
+    assert "linear head" in text and "SYNTHETIC" in text and "PeftModel.from_pretrained(base" in text
+    assert 'head = json.load(open(repo_path("head.json")))' in text  # the scaler is applied
 
 
 def test_regression_card_and_hub_or_local_bases(params, tmp_path):
@@ -116,3 +117,19 @@ def test_baseline_card(params, tmp_path):
     text, meta = card_of(run, params, "noshow-gbdt", tmp_path)
     assert meta["library_name"] == "sklearn" and "base_model" not in meta
     assert meta["pipeline_tag"] == "tabular-classification"
+
+
+def test_card_claims_read_every_metric_and_the_baseline_card_has_its_estimates(params, tmp_path):
+    """ROC-AUC above the baseline's but F1 below: the card must not say no metric is below."""
+    run = make(params, "noshow-smollm2-sft", tmp_path)
+    run.model = "m"
+    write_metrics(tmp_path, "noshow", {**CLS, "roc_auc": 0.70, "f1": 0.025, "recall": 0.01},
+                  GBDT, {"m": {}, "gbdt": {**GBDT, "ci95": {"roc_auc": [0.617, 0.735]}}})
+    text, _ = card_of(run, params, "noshow-smollm2-sft", tmp_path)
+    assert "No metric here is below" not in text
+    assert "Below the baseline's point estimate on: " in text and "f1 0.025 vs 0.180" in text
+    base = make(params, "noshow-gbdt", tmp_path)
+    text, _ = card_of(base, params, "noshow-gbdt", tmp_path)
+    assert "| roc_auc | 0.680 [0.617, 0.735] | 0.680 [0.617, 0.735] |" in text
+    assert "– [" not in text
+    assert "No metric here is below" not in text  # the baseline is not compared with itself

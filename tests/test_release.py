@@ -220,6 +220,35 @@ def test_release_with_the_merged_weights(project, hub):
     repo = hub.repos["me/noshow-sft"]
     assert {"merged/config.json", "merged/model.safetensors", "merged/tokenizer.json"} <= set(repo)
     assert "quantization_config" not in json.loads(repo["merged/config.json"])
-    assert b'subfolder="merged"' in repo["README.md"]
+    assert b'repo_path("merged")' in repo["README.md"]  # the card's code loads them
     assert release("--include-merged") == 0  # the export is deterministic: still a no-op
     assert len(hub.commits["me/noshow-sft"]) == 1
+
+
+def test_the_hub_is_asked_before_anything_is_built_and_nothing_is_left(project, hub, capsys,
+                                                                       monkeypatch):
+    """A wrong token (or a public repo) stops the release before the staging -- the merged
+    export with --include-merged takes minutes -- and no scratch folder remains; a release
+    that goes through leaves none either."""
+    import clinlm.release as rel
+    staged = []
+    real_stage = rel.stage
+
+    def spy(*args, **kwargs):
+        staged.append(list(hub.created))  # what the Hub had been asked when staging began
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(rel, "stage", spy)
+    assert not (project / "data/work").exists()
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token")
+    assert release("--include-merged") == 1
+    assert "failed while creating the repo" in capsys.readouterr().err
+    assert staged == [] and not (project / "data/work").exists()
+    hub.repos["me/open"], hub.heads["me/open"] = {}, "f" * 40
+    hub.private["me/open"], hub.branches["me/open"], hub.commits["me/open"] = False, {"main"}, []
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert release("--include-merged", repo="me/open") == 1
+    assert staged == [] and not (project / "data/work").exists()
+    assert release() == 0
+    assert len(staged) == 1 and staged[0]  # the repo was created before the staging
+    assert not (project / "data/work").exists()

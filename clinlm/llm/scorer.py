@@ -40,6 +40,37 @@ def shared_prefix_length(enc: list[list[int]], min_tokens: int = 8) -> int:
     return n if n >= min_tokens else 0
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, exact: bool) -> list[np.ndarray]:
+    """Row indices per batch, rows sorted by token length (little padding).
+
+    ``exact``: a batch holds rows of one length only, so no row is ever padded and each row
+    runs the very kernels it runs alone. Why: under bf16/fp16, padding changes a row's
+    attention path (a mask instead of none, another reduction length), and its answer then
+    moved with its batch-mates (tests/test_batch_invariance.py). Matmuls whose rows do not
+    depend on the other rows are assumed (BENCHMARKS.md, batch invariance).
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    if not exact:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out: list[np.ndarray] = []
+    lengths = np.asarray(lengths)[order]
+    starts = np.flatnonzero(np.r_[True, lengths[1:] != lengths[:-1]])
+    for a, b in zip(starts, [*starts[1:], len(order)], strict=True):
+        out += [order[i:min(i + batch_size, b)] for i in range(a, b, batch_size)]
+    return out
+
+
+def reduced_precision(model: Any, autocast_dtype: str | None) -> bool:
+    """Whether scoring rounds to bf16/fp16 somewhere (autocast, or weights in that dtype):
+    then batches are padding-free (:func:`length_batches`); float32 is batch-invariant to
+    float rounding already."""
+    import torch
+    target = resolve_dtype(autocast_dtype)
+    if target in (torch.bfloat16, torch.float16):
+        return True
+    return any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+
+
 def select_cache(cache: Any, rows: Any) -> Any:
     """A copy of a KV cache holding only batch ``rows`` (repeats allowed); the input is untouched."""
     import copy
@@ -105,6 +136,12 @@ class Scorer:
         self.tok.padding_side = "left"
         self.batch_size, self.max_length = batch_size, max_length
         self.autocast_dtype = autocast_dtype
+        #: padding-free batches (a row's answer independent of its batch-mates), see
+        #: :func:`length_batches`
+        self.exact = reduced_precision(model, autocast_dtype)
+        #: the token prefix the prefix cache reuses; None: the prefix the prompts of one call
+        #: share. Set it (``template_prefix``) to make the split independent of the batch.
+        self.prefix_ids: list[int] | None = None
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.decoder = causal.get_decoder()
         self.lm_head = causal.get_output_embeddings()
@@ -162,16 +199,22 @@ class Scorer:
 
         enc = self.tok(list(prompts), add_special_tokens=False, truncation=True,
                        max_length=self.max_length)["input_ids"]
-        n_pre = shared_prefix_length(enc) if self.prefix_cache else 0
-        order = np.argsort([len(e) for e in enc], kind="stable")
+        n_pre, head = 0, None
+        if self.prefix_cache and self.prefix_ids:  # a fixed prefix: the same split alone
+            n_pre, head = len(self.prefix_ids), list(self.prefix_ids)
+            if not all(len(e) > n_pre and e[:n_pre] == head for e in enc):
+                n_pre = 0  # a prompt that does not start with it: no cache for this call
+        elif self.prefix_cache:
+            n_pre = shared_prefix_length(enc)
+            head = enc[0][:n_pre]
+        batches = length_batches([len(e) for e in enc], self.batch_size, self.exact)
         dev = self.device
         with torch.inference_mode(), self.autocast():
             prefix = None
             if n_pre:
-                prefix = self.decoder(input_ids=torch.tensor([enc[0][:n_pre]], device=dev),
+                prefix = self.decoder(input_ids=torch.tensor([head], device=dev),
                                       use_cache=True).past_key_values
-            for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch"):
-                idx = order[start:start + self.batch_size]
+            for idx in tqdm(batches, desc=desc, unit="batch"):
                 batch = self.tok.pad({"input_ids": [enc[i][n_pre:] for i in idx]},
                                      return_tensors="pt")
                 mask = batch["attention_mask"].to(dev)

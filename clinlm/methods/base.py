@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 CLASSIFICATION = "classification"
@@ -62,6 +63,31 @@ class Run:
         self.data_dir = Path(self.data_dir)
 
 
+def bounded_answers(task_cfg: dict[str, Any], y_pred: Any, y_lo: Any = None,
+                    y_hi: Any = None) -> dict[str, np.ndarray]:
+    """Regression answers inside what is possible, each interval holding its estimate.
+
+    A head or a tree ensemble extrapolates freely (a linear head said -7 years for a
+    58-year-old); the task's ``answer`` range (``min``/``max``, the range sft's numeric
+    decoding enumerates) bounds every value here. ``clipped`` says which rows' point estimate
+    was moved onto that range. An interval is then widened, when needed, to contain its
+    point estimate: quantile models fitted separately from the point model can cross it.
+    NaN stays NaN (no answer, no interval). Returns ``{"y_pred", "y_lo", "y_hi", "clipped"}``.
+    """
+    lo_b, hi_b = float(task_cfg["answer"]["min"]), float(task_cfg["answer"]["max"])
+    pred = np.asarray(y_pred, dtype=np.float64)
+    nan = np.full(pred.shape, np.nan)
+    lo = nan if y_lo is None else np.asarray(y_lo, dtype=np.float64)
+    hi = nan if y_hi is None else np.asarray(y_hi, dtype=np.float64)
+    clipped = (pred < lo_b) | (pred > hi_b)
+    pred = np.clip(pred, lo_b, hi_b)
+    lo, hi = np.clip(lo, lo_b, hi_b), np.clip(hi, lo_b, hi_b)
+    both = ~np.isnan(lo) & ~np.isnan(hi)
+    lo, hi = (np.where(both, np.fmin(np.fmin(lo, hi), pred), lo),
+              np.where(both, np.fmax(np.fmax(lo, hi), pred), hi))
+    return {"y_pred": pred, "y_lo": lo, "y_hi": hi, "clipped": clipped}
+
+
 def subsample(df: pd.DataFrame, n: int | None, seed: int, task_type: str) -> pd.DataFrame:
     """A seeded, stratified (classification) subsample of ``n`` rows; all rows when n is None."""
     if n is None or n >= len(df):
@@ -84,7 +110,8 @@ class Method(ABC):
       * classification: ``p_yes`` (float in [0, 1], probability of ``"Yes"``; NaN if the
         method could not produce one for that row);
       * regression: ``y_pred`` (the point estimate), ``y_lo``, ``y_hi`` (90 % interval;
-        NaN when the method has none).
+        NaN when the method has none), all inside the task's answer range, and ``clipped``
+        (bool) where the estimate was moved onto that range (:func:`bounded_answers`).
     Optional extra columns: ``raw`` (raw model reply) and ``ok`` (bool, reply parsed).
     """
 

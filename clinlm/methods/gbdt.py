@@ -2,7 +2,11 @@
 
 The yardstick every LLM is compared with: same split, same features the statements carry.
 ``hist_gbdt`` in params passes straight to HistGradientBoostingClassifier/Regressor.
-Regression also fits two quantile models (5 % and 95 %) for a 90 % interval.
+Regression also fits two quantile models (5 % and 95 %) for a 90 % interval. Fitted apart
+from the point model, they can cross each other and miss the point estimate: the interval is
+made consistent (its ends ordered and widened to hold the estimate) and every value bounded by
+the task's answer range, ``clipped`` flagging a moved estimate
+(:func:`clinlm.methods.base.bounded_answers`).
 
 Saved with skops (``model.skops``), not pickle: a model folder pulled from a shared DVC remote
 must not run code when loaded. Loading trusts only the types a fitted HistGradientBoosting
@@ -17,12 +21,11 @@ import logging
 import time
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from clinlm.config import ModelCommon
 from clinlm.io import atomic_path, write_json
-from clinlm.methods.base import CLASSIFICATION, Method, Run
+from clinlm.methods.base import CLASSIFICATION, Method, Run, bounded_answers
 
 log = logging.getLogger(__name__)
 MODEL_FILE, FEATURES_FILE = "model.skops", "features.json"
@@ -151,6 +154,6 @@ class GBDTMethod(Method):
                                   categories=cats)
         if run.task_type == CLASSIFICATION:
             return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": m["main"].predict_proba(x)[:, 1]})
-        lo, hi = m["lo"].predict(x), m["hi"].predict(x)
-        return pd.DataFrame({"id": df["id"].to_numpy(), "y_pred": m["main"].predict(x),
-                             "y_lo": np.minimum(lo, hi), "y_hi": np.maximum(lo, hi)})
+        est = bounded_answers(run.task_cfg, m["main"].predict(x), m["lo"].predict(x),
+                              m["hi"].predict(x))
+        return pd.DataFrame({"id": df["id"].to_numpy(), **est})

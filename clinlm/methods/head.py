@@ -8,11 +8,13 @@ tokenizer so the model can find that token (right padding).
 * classification (``Yes``/``No``): 2 outputs, label ``No`` -> 0, ``Yes`` -> 1, cross-entropy;
   ``p_yes`` is the softmax probability of class 1.
 * regression (float label): 1 output, mean-squared error on the target standardised with
-  the mean/std of the training rows; predictions are un-standardised (``y_pred``);
-  ``y_lo``/``y_hi`` are NaN (no interval).
+  the mean/std of the training rows; predictions are un-standardised (``y_pred``) and
+  bounded by the task's answer range (``clipped`` flags a moved one); ``y_lo``/``y_hi`` are
+  NaN (no interval).
 
-Input text is the row's ``statement``, followed by ``task_cfg["prompt"]["question"]`` on a new
-line when the task has one, with no chat template. Texts longer than ``predict.max_length``
+Input text is the row's ``statement``, followed by the task's question on a new line when the
+task has one (``{target}`` substituted by :func:`clinlm.prompts.prompt_text`, the words sft's
+chat prompt uses), with no chat template. Texts longer than ``predict.max_length``
 tokens lose their *beginning* (left truncation) so the question and the pooled last token
 are always kept.
 
@@ -58,7 +60,14 @@ import pandas as pd
 from pydantic import PositiveInt
 
 from clinlm.llm.config import LLMConfig
-from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
+from clinlm.methods.base import (
+    CLASSIFICATION,
+    REGRESSION,
+    Method,
+    Run,
+    bounded_answers,
+)
+from clinlm.prompts import prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +164,23 @@ def head_logits(model, tok, texts: list[str], batch_size: int = 32, max_length: 
     """Raw head outputs (n, num_labels) float32 for ``texts``, in input order.
 
     Texts are sorted by token length so batches carry little padding (right padding; the
-    model pools the last non-pad token, so padding does not change a row's result).
+    model pools the last non-pad token). Under bf16/fp16 a batch holds rows of one length
+    only (:func:`clinlm.llm.scorer.length_batches`): padding would change a row's rounding,
+    and so its answer, with its batch-mates.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from clinlm.llm.scorer import autocast
+    from clinlm.llm.scorer import autocast, length_batches, reduced_precision
 
     model.eval()
     enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-    order = np.argsort([len(e) for e in enc], kind="stable")
+    batches = length_batches([len(e) for e in enc], batch_size,
+                             reduced_precision(model, autocast_dtype))
     dev = next(model.parameters()).device
     out = np.zeros((len(texts), int(model.config.num_labels)), dtype=np.float32)
     with torch.inference_mode(), autocast(model, autocast_dtype):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            idx = order[start:start + batch_size]
+        for idx in tqdm(batches, desc=desc, unit="batch"):
             batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
             logits = model(input_ids=batch["input_ids"].to(dev),
                            attention_mask=batch["attention_mask"].to(dev)).logits
@@ -313,7 +324,7 @@ class HeadMethod(Method):
             labels = scaler.transform(y).astype(np.float32).tolist()
 
         max_length = cfg["predict"]["max_length"]
-        question = run.task_cfg["prompt"]["question"] or None
+        question = prompt_text(run.task_cfg, "question") or None
         tok = _tokenizer(cfg["base"])
         ids = tok(head_texts(df["statement"].tolist(), question), truncation=True,
                   max_length=max_length)["input_ids"]
@@ -407,9 +418,8 @@ class HeadMethod(Method):
             p /= p.sum(axis=1, keepdims=True)
             return pd.DataFrame({"id": ids, "p_yes": p[:, LABELS["Yes"]]})
         scaler = TargetScaler(**meta["scaler"])
-        nan = np.full(len(df), np.nan)
-        return pd.DataFrame({"id": ids, "y_pred": scaler.inverse(logits[:, 0]),
-                             "y_lo": nan, "y_hi": nan})
+        return pd.DataFrame({"id": ids, **bounded_answers(run.task_cfg,
+                                                          scaler.inverse(logits[:, 0]))})
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """Load base + adapter from ``run.model_dir`` and score every row (batched)."""

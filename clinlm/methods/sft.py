@@ -33,6 +33,15 @@ def prompt_texts(tok, statements: list[str], task_cfg: dict) -> list[str]:
                                     add_generation_prompt=True) for s in statements]
 
 
+def template_prefix(tok, task_cfg: dict) -> list[int]:
+    """The tokens every prompt of the task starts with (system turn, chat header), whatever
+    the statement: the prefix the scorer caches, the same for a row alone or in a batch (a
+    prefix taken from the batch's prompts would split a lone row differently)."""
+    from clinlm.llm.scorer import shared_prefix_length
+    enc = tok(prompt_texts(tok, ["A", "Z"], task_cfg), add_special_tokens=False)["input_ids"]
+    return enc[0][:shared_prefix_length(enc)]
+
+
 def tokenize_for_sft(tok, df: pd.DataFrame, task_cfg: dict, task_type: str) -> dict[str, list]:
     """``input_ids`` + ``completion_mask`` per row: prompt tokens, then answer + end-of-turn.
 
@@ -136,6 +145,7 @@ def score_rows(scorer: Any, run: Run, df: pd.DataFrame) -> pd.DataFrame:
     Yes/No probability, or the exact digit-by-digit distribution over integer answers.
     Shared by :meth:`SFTMethod.predict` and ``clinlm ask``/``serve`` (which load once)."""
     prompts = prompt_texts(scorer.tok, df["statement"].tolist(), run.task_cfg)
+    scorer.prefix_ids = template_prefix(scorer.tok, run.task_cfg)
     if run.task_type == CLASSIFICATION:
         p = scorer.choice_probs(prompts, ["Yes", "No"])[:, 0]
         return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": p})

@@ -39,7 +39,7 @@ from pydantic import Field, PositiveInt
 
 from clinlm.config import ModelCommon
 from clinlm.io import write_json
-from clinlm.methods.base import CLASSIFICATION, Method, Run, subsample
+from clinlm.methods.base import CLASSIFICATION, Method, Run, bounded_answers, subsample
 
 COMBINER_FILE, HOLDOUT_FILE = "combiner.json", "holdout_ids.json"
 LLM_MEMBER_METHODS = ("sft", "head")
@@ -359,7 +359,7 @@ def combine(run: Run, llm: np.ndarray, base: np.ndarray, ids: np.ndarray,
     if run.task_type == CLASSIFICATION:
         return pd.DataFrame({"id": ids, "p_yes": s})
     lo, hi = comb.residual_q
-    return pd.DataFrame({"id": ids, "y_pred": s, "y_lo": s + lo, "y_hi": s + hi})
+    return pd.DataFrame({"id": ids, **bounded_answers(run.task_cfg, s, s + lo, s + hi)})
 
 
 def _from_csv(run: Run, member: dict[str, str], ids: pd.Series) -> np.ndarray:

@@ -175,3 +175,18 @@ def test_sft_regression_train_and_predict(tiny_llama, tmp_path) -> None:
     assert (out["y_lo"] <= out["y_pred"]).all() and (out["y_pred"] <= out["y_hi"]).all()
     res = predict_table(run, test)
     assert list(res.columns) == ["id", "y_true", "y_pred", "y_lo", "y_hi"]
+
+
+def test_the_interval_holds_the_mean_of_a_skewed_distribution(monkeypatch) -> None:
+    """96 % at 18, 4 % at 110: the mean (21.7) lies above the 95th percentile (18); the
+    interval is widened to hold it, so no answer is printed outside its own interval."""
+    import clinlm.llm.numeric as num
+    values = np.arange(18, 111)
+    p = np.zeros((2, len(values)))
+    p[0, 0], p[0, -1] = 0.96, 0.04
+    p[1, 40] = 1.0
+    monkeypatch.setattr(num, "number_probs", lambda *a, **k: (values, p))
+    for loss in ("mae", "mse"):
+        est = num.decode_numeric(None, ["a", "b"], 18, 110, loss=loss)
+        assert (est["y_lo"] <= est["y_pred"]).all() and (est["y_pred"] <= est["y_hi"]).all()
+    assert est["y_pred"][0] == pytest.approx(0.96 * 18 + 0.04 * 110) and est["y_hi"][0] > 18

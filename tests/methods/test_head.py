@@ -232,7 +232,7 @@ def test_regression_train_predict_reload_identity(tiny_base: str, tmp_path: Path
     mem = method.predict_loaded(run, df, method.model, method.tok, method.meta)
     torch.manual_seed(999)
     out = HeadMethod().predict(run, df)
-    assert list(out.columns) == ["id", "y_pred", "y_lo", "y_hi"]
+    assert list(out.columns) == ["id", "y_pred", "y_lo", "y_hi", "clipped"]
     assert out["id"].tolist() == df["id"].tolist()
     assert out["y_lo"].isna().all() and out["y_hi"].isna().all()
     # float32 sums in another order after the reload: ~1e-6 relative on the age scale
@@ -333,7 +333,8 @@ def test_probe_init_starts_the_head_at_the_linear_probe(tiny_base: str, tmp_path
             z = x @ w.T
             if task_type == REGRESSION:
                 expect = TargetScaler(**method.meta["scaler"]).inverse(z[:, 0])
-                np.testing.assert_allclose(out["y_pred"], expect, rtol=1e-4, atol=1e-3)
+                np.testing.assert_allclose(out["y_pred"], np.clip(expect, 18, 110),  # answer range
+                                               rtol=1e-4, atol=1e-3)
             else:
                 expect = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
                 np.testing.assert_allclose(out["p_yes"], expect, rtol=1e-4, atol=1e-5)
@@ -343,3 +344,31 @@ def test_probe_init_starts_the_head_at_the_linear_probe(tiny_base: str, tmp_path
         assert scores["probe"] < 0.8 * scores["random"], scores
     else:
         assert scores["probe"] > scores["random"] and scores["probe"] > 0.8, scores
+
+
+def test_regression_answers_stay_in_the_answer_range_and_the_question_is_substituted(
+        tiny_base: str, tmp_path: Path) -> None:
+    """An answer range narrower than the trained head's raw outputs: every answer is inside
+    it, and ``clipped`` says exactly which rows were moved. The head reads the task's question
+    with ``{target}`` replaced (the words sft's prompt uses), not the template."""
+    cfg = make_cfg(tiny_base, epochs=4)
+    cfg["head_init"] = "random"
+    task = {"prompt": {"target": "vascular age", "question": "What is the {target}?"}}
+    run = Run("vascular_age", REGRESSION, "head_tiny", cfg, tmp_path / "model", tmp_path,
+              seed=0, task_cfg=task)
+    df = ages_table()
+    method = HeadMethod()
+    method.train(run, df)
+    meta = json.loads((run.model_dir / META_FILE).read_text())
+    assert meta["question"] == "What is the vascular age?"
+    model, tok, meta = method.load(run)
+    raw = TargetScaler(**meta["scaler"]).inverse(head_logits(
+        model, tok, head_texts(df["statement"].tolist(), meta["question"]), 8, 64)[:, 0])
+    lo, hi = int(np.floor(np.quantile(raw, 0.3))), int(np.ceil(np.quantile(raw, 0.7)))
+    assert ((raw < lo) | (raw > hi)).any() and ((raw >= lo) & (raw <= hi)).any(), raw
+    run.task_cfg["answer"] = {"min": lo, "max": hi}
+    out = method.predict_loaded(run, df, model, tok, meta)
+    assert out["y_pred"].between(lo, hi).all() and out["clipped"].dtype == bool
+    assert out["clipped"].tolist() == ((raw < lo) | (raw > hi)).tolist()
+    inside = ~out["clipped"].to_numpy()
+    np.testing.assert_allclose(out["y_pred"].to_numpy()[inside], raw[inside], rtol=1e-5)
