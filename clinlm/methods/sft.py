@@ -74,12 +74,15 @@ class SFTMethod(Method):
 
         from clinlm.llm.fit import fit
         from clinlm.llm.load import load_model, load_tokenizer
+        from clinlm.llm.precision import plan_training
         from clinlm.llm.project import answer_loss
 
         cfg = run.cfg
         df = subsample(train_df, cfg["max_train_rows"], run.seed, run.task_type)
         tok = load_tokenizer(cfg["base"], padding_side="right")
         data = Dataset.from_dict(tokenize_for_sft(tok, df, run.task_cfg, run.task_type))
+        # `auto` precision depends on the run's size: decided before the model loads
+        plan_training(cfg["training"], sum(map(len, data["input_ids"])), len(data))
         model = load_model(cfg, "causal", lora=cfg["lora"], seed=run.seed,
                            gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
         _, info = fit(run, model, data, processing_class=tok, loss_fn=answer_loss, sft=True,
@@ -95,8 +98,10 @@ class SFTMethod(Method):
         if run.task_type == CLASSIFICATION and run.cfg["predict"]["engine"] == "vllm":
             from clinlm.llm import vllm_engine
             from clinlm.llm.load import load_tokenizer
+            from clinlm.llm.precision import plan_from_model
             from clinlm.llm.scorer import first_token_ids
 
+            plan_from_model(run.model_dir)  # `auto` as in training
             tok = load_tokenizer(run.model_dir)
             ids = first_token_ids(tok, ["Yes", "No"])
             prompts = prompt_texts(tok, df["statement"].tolist(), run.task_cfg)
