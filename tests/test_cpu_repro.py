@@ -3,8 +3,9 @@ CPU kernel sets on this one machine, in subprocesses.
 
 "Native" is what this machine picks; "narrow" switches the SIMD-dispatched paths to AVX2 (or
 lower, on an AVX2 machine): numpy's dispatch targets (``NPY_DISABLE_CPU_FEATURES``),
-OpenBLAS's kernel family (``OPENBLAS_CORETYPE``), ATen's (``ATEN_CPU_CAPABILITY``) and
-oneDNN's (``ONEDNN_MAX_CPU_ISA``). These are the differences between two real CPUs (an
+OpenBLAS's kernel family (``OPENBLAS_CORETYPE``: Sandybridge, AVX without FMA), MKL's
+(``MKL_ENABLE_INSTRUCTIONS``), ATen's (``ATEN_CPU_CAPABILITY``) and oneDNN's
+(``ONEDNN_MAX_CPU_ISA``). These are the differences between two real CPUs (an
 AVX512-BF16 Zen and an AMX Xeon picked different kernels, and the committed metrics moved).
 """
 
@@ -28,7 +29,8 @@ def narrow_env() -> dict[str, str]:
     above_avx2 = [f for f in found if f != "X86_V3"]
     avx512 = bool(above_avx2)
     return {"NPY_DISABLE_CPU_FEATURES": " ".join(above_avx2 or found),
-            "OPENBLAS_CORETYPE": "Haswell" if avx512 else "Sandybridge",
+            "OPENBLAS_CORETYPE": "Sandybridge",  # AVX without FMA: other roundings
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2" if avx512 else "SSE4_2",
             "ATEN_CPU_CAPABILITY": "avx2" if avx512 else "default",
             "ONEDNN_MAX_CPU_ISA": "AVX2" if avx512 else "SSE41"}
 
