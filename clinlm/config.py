@@ -112,8 +112,14 @@ class VLMBaseConfig(Strict):
 
 
 class BaseModelConfig(Strict):
+    """``base_models.<name>``; ``revision`` / ``allow_patterns`` / ``ignore_patterns`` pin and
+    filter a Hub download (``snapshot_download``'s own fields; an error for other sources)."""
+
     source: str
     dtype: str = "float32"
+    revision: str | None = None              # a commit sha (pinned), tag or branch; null: main
+    allow_patterns: list[str] | None = None  # e.g. [config.json, "*.safetensors", "tokenizer*"]
+    ignore_patterns: list[str] | None = None  # e.g. ["original/*"]: Llama's second copy
 
 
 class RunSpec(Strict):

@@ -77,6 +77,14 @@ def _base_entry(params: dict[str, Any], name: str) -> tuple[str | None, str]:
     return None, "a local model folder (no Hub id)"
 
 
+def base_revision(run: Run) -> str:
+    """``", Hub commit <sha>"`` when the run's base folder records the commit it was
+    downloaded at (``clinlm.base_model``: a pinned Hub base), else ``""``."""
+    base = run.cfg.get("base")
+    sha = _read(Path(base) / "materialized.json").get("revision") if base else None
+    return f", Hub commit `{sha}`" if sha else ""
+
+
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -224,7 +232,7 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
         f"{info.get('n_train_available', 'unknown')} in the training split"
         + (f"; {info['steps']} optimizer steps, final train loss {info['train_loss']:.4f}"
            if "steps" in info and "train_loss" in info else "") + ".",
-        f"* **Base model**: {how}.", "",
+        f"* **Base model**: {how}{base_revision(run)}.", "",
         "## How an answer is read", "", decoding(run), "",
     ]
     if method in ("sft", "head", "vlm"):

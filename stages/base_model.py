@@ -13,4 +13,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     spec = load_params()["base_models"][args.name]
     print(materialize(spec["source"], ROOT / "data" / "models" / "base" / args.name,
-                      dtype=spec.get("dtype", "float32")))
+                      dtype=spec.get("dtype", "float32"), revision=spec.get("revision"),
+                      allow_patterns=spec.get("allow_patterns"),
+                      ignore_patterns=spec.get("ignore_patterns"),
+                      key=f"base_models.{args.name}"))

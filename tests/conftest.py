@@ -10,6 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _forget_run_size():
+    """A test process trains several runs: `auto` precision must not keep the last one's
+    size (clinlm.llm.precision.plan)."""
+    yield
+    from clinlm.llm.precision import clear_plan
+    clear_plan()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A 2-layer random-weight Llama saved with the real SmolLM2 tokenizer (fast CPU tests).

@@ -1,7 +1,8 @@
 """A local HTTP server speaking the Hugging Face Hub endpoints huggingface_hub calls.
 
 Download (``snapshot_download``): ``GET /api/models/<repo>[/revision/<rev>]`` (repo info with
-the commit sha), ``GET /api/models/<repo>/tree/<rev>`` (file list: git blob sha1 ``oid``, an
+the commit sha of ``rev``: a branch or a commit; :meth:`FakeHub.push` adds a commit and keeps
+the older ones), ``GET /api/models/<repo>/tree/<rev>`` (file list: git blob sha1 ``oid``, an
 ``lfs`` entry with the sha256 for LFS files) and ``GET|HEAD /<repo>/resolve/<rev>/<path>``
 (bytes, ``X-Repo-Commit``, ``ETag``).
 
@@ -52,6 +53,9 @@ class FakeHub:
         self.token, self.requests = token, []
         self.repos: dict[str, dict[str, bytes]] = {k: dict(v) for k, v in (repos or {}).items()}
         self.heads: dict[str, str] = {r: SHA for r in self.repos}   # repo -> current commit
+        # repo -> commit -> files (every commit, for downloads at a revision)
+        self.snapshots: dict[str, dict[str, dict[str, bytes]]] = {
+            r: {SHA: dict(f)} for r, f in self.repos.items()}
         self.private: dict[str, bool] = {r: False for r in self.repos}
         self.branches: dict[str, set[str]] = {r: {"main"} for r in self.repos}
         self.commits: dict[str, list[dict]] = {}
@@ -129,7 +133,11 @@ class FakeHub:
                 for repo in list(hub.repos):
                     api = f"/api/models/{repo}"
                     if path == api or path.startswith(api + "/revision/"):
-                        return self._send(200, hub.info(repo), body=body)
+                        rev = path[len(api + "/revision/"):] if path != api else None
+                        if rev is not None and hub.files(repo, rev) is None:
+                            return self._error(404, f"Invalid rev id: {rev}",
+                                               "RevisionNotFound", body)
+                        return self._send(200, hub.info(repo, rev), body=body)
                     if path.startswith(api + "/tree/"):
                         return self._tree(repo, path[len(api + "/tree/"):], body)
                     if path.startswith(api + "/preupload/"):
@@ -143,7 +151,7 @@ class FakeHub:
                         return self._lfs_batch(json.loads(data))
                     prefix = f"/{repo}/resolve/"
                     if path.startswith(prefix):
-                        return self._resolve(repo, path[len(prefix):].split("/", 1)[1], body)
+                        return self._resolve(repo, *path[len(prefix):].split("/", 1), body)
                 return self._error(404, "Repository not found", "RepoNotFound", body)
 
             def _create(self, payload: dict) -> None:
@@ -154,6 +162,7 @@ class FakeHub:
                                             "url": f"{hub.url}/{repo}"},
                                       {"X-Error-Message": "You already created this model repo"})
                 hub.repos[repo], hub.heads[repo] = {}, hashlib.sha1(repo.encode()).hexdigest()
+                hub.snapshots[repo] = {hub.heads[repo]: {}}
                 hub.private[repo] = payload.get("visibility") == "private"
                 hub.branches[repo], hub.commits[repo] = {"main"}, []
                 return self._send(200, {"url": f"{hub.url}/{repo}", "name": repo})
@@ -170,9 +179,10 @@ class FakeHub:
 
             def _tree(self, repo: str, rest: str, body: bool) -> None:
                 rev, _, sub = rest.partition("/")
-                if rev not in hub.branches[repo] and rev != hub.heads[repo]:
+                snapshot = hub.files(repo, rev)
+                if snapshot is None:
                     return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound", body)
-                files = {p: b for p, b in hub.repos[repo].items() if p.startswith(sub)}
+                files = {p: b for p, b in snapshot.items() if p.startswith(sub)}
                 tree = []
                 for p, b in sorted(files.items()):
                     entry = {"type": "file", "path": p, "size": len(b), "oid": git_blob_sha1(b)}
@@ -232,26 +242,48 @@ class FakeHub:
                 sha = hashlib.sha1(json.dumps([hub.heads[repo], sorted(
                     (p, git_blob_sha1(b)) for p, b in files.items())]).encode()).hexdigest()
                 hub.repos[repo], hub.heads[repo] = files, sha
+                hub.snapshots.setdefault(repo, {})[sha] = dict(files)
                 hub.commits[repo].append({"sha": sha, "revision": rev, "header": lines[0]["value"],
                                           "paths": [i["value"]["path"] for i in lines[1:]]})
                 return self._send(200, {"commitUrl": f"{hub.url}/{repo}/commit/{sha}",
                                         "commitOid": sha, "pullRequestUrl": None})
 
-            def _resolve(self, repo: str, name: str, body: bool) -> None:
-                if name not in hub.repos[repo]:
+            def _resolve(self, repo: str, rev: str, name: str, body: bool) -> None:
+                files = hub.files(repo, rev)
+                if files is None:
+                    return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound", body)
+                if name not in files:
                     return self._error(404, "Entry not found", "EntryNotFound", body)
-                data = hub.repos[repo][name]
-                return self._send(200, data, {"X-Repo-Commit": hub.heads[repo],
+                data = files[name]
+                return self._send(200, data, {"X-Repo-Commit": hub.commit(repo, rev),
                                               "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def info(self, repo: str) -> dict:
-        """The repo info JSON (``model_info`` / ``repo_info``)."""
-        return {"id": repo, "modelId": repo, "sha": self.heads[repo],
+    def commit(self, repo: str, rev: str | None) -> str:
+        """The commit sha a revision (branch, commit, None = main) names now."""
+        return self.heads[repo] if rev is None or rev in self.branches[repo] else rev
+
+    def files(self, repo: str, rev: str | None) -> dict[str, bytes] | None:
+        """The files of ``repo`` at ``rev`` (None: no such revision)."""
+        sha = self.commit(repo, rev)
+        return self.repos[repo] if sha == self.heads[repo] else \
+            self.snapshots.get(repo, {}).get(sha)
+
+    def push(self, repo: str, files: dict[str, bytes]) -> str:
+        """A new commit on main with exactly ``files`` (the older commits stay); its sha."""
+        sha = hashlib.sha1(json.dumps([self.heads[repo], sorted(
+            (p, git_blob_sha1(b)) for p, b in files.items())]).encode()).hexdigest()
+        self.repos[repo], self.heads[repo] = dict(files), sha
+        self.snapshots.setdefault(repo, {})[sha] = dict(files)
+        return sha
+
+    def info(self, repo: str, rev: str | None = None) -> dict:
+        """The repo info JSON (``model_info`` / ``repo_info``) at ``rev`` (default main)."""
+        return {"id": repo, "modelId": repo, "sha": self.commit(repo, rev),
                 "private": self.private[repo],
-                "siblings": [{"rfilename": f} for f in sorted(self.repos[repo])]}
+                "siblings": [{"rfilename": f} for f in sorted(self.files(repo, rev) or {})]}
 
     def __enter__(self) -> FakeHub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

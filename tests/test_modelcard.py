@@ -105,6 +105,16 @@ def test_regression_card_and_hub_or_local_bases(params, tmp_path):
     assert meta["base_model"] == "meta-llama/Llama-3.1-8B-Instruct" and meta["license"] == "llama3.1"
     assert "median" in text and "90 %" in text and "[18, 110]" in text and "CC BY 4.0" in text
     assert "mae 12.200 against the baseline's 5.900" in text and "cover only 84%" in text
+    assert "Hub commit" not in text  # the base folder records none
+    sha = "0123456789abcdef0123456789abcdef01234567"  # a pinned Hub base records its commit
+    base = tmp_path / "hub-base"
+    base.mkdir()
+    write_json(base / "materialized.json", {"source": "meta-llama/Llama-3.1-8B-Instruct",
+                                            "revision": sha})
+    run.cfg["base"] = str(base)
+    text, _ = card_of(run, p, "vascular-smollm2-sft", tmp_path)
+    assert f"meta-llama/Llama-3.1-8B-Instruct from the Hugging Face Hub, Hub commit `{sha}`." \
+        in text
     (tmp_path / "local-base").mkdir()
     p["base_models"]["smollm2-135m-instruct"]["source"] = str(tmp_path / "local-base")
     text, meta = card_of(run, p, "vascular-smollm2-sft", tmp_path)

@@ -9,6 +9,17 @@ One decision, made here and nowhere else, by :func:`resolve_precision`:
   AVX2-only CPUs, where bf16 is emulated (~100x slower than fp32 measured on one);
 * anything else (MPS, XPU, ARM): float32, the safe default.
 
+On a CPU, ``auto`` is also a question of the run's size (:func:`plan`): a run that plans
+fewer than :data:`AUTO_BF16_MIN_TOKENS` training tokens trains and predicts in float32
+whatever the flags say. Why: two bf16 CPUs (AMX on a Xeon, AVX512-BF16 on a Zen) round
+bf16 matmuls differently, and the default pipeline's metrics moved between them; in
+float32 the same runs agree to 1e-3 across kernel sets (tests/test_cpu_repro.py). Short runs (the default ``dvc repro``, tests, a first try) are
+where a user compares metrics with the committed ones, and there float32 costs seconds to
+minutes; long runs keep bf16's speed. The same threshold as ``torch_compile: auto``
+(``clinlm.llm.fit.AUTO_COMPILE_MIN_TOKENS``): from there on a run gets both speed-ups.
+Prediction follows its training run (:func:`plan_from_model` reads the recorded size), so a
+model trained in float32 is scored in float32.
+
 The decision reads the CPU's feature flags (``torch.cpu.get_capabilities``, /proc/cpuinfo as a
 fallback) rather than timing a matmul: on a shared machine a timing can flip between two runs
 of the same stage, and the resolved precision lands in ``train_info.json`` (a DVC output).
@@ -38,6 +49,12 @@ AUTO_KEYS: tuple[tuple[str | None, str], ...] = (
     ("predict", "autocast_dtype"))
 # CPU flags (torch.cpu.get_capabilities names = /proc/cpuinfo names) that make bf16 fast
 FAST_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# On a CPU, `auto` picks bf16 only for runs planning at least this many training tokens (see
+# the module doc; BENCHMARKS.md "Precision" has the speeds). The default pipeline's runs plan
+# ~17k tokens (float32), a 16,000-row run ~1.7M (bf16 where the CPU is fast).
+AUTO_BF16_MIN_TOKENS = 300_000
+# this process's run (a stage trains or predicts one): {"planned_tokens": int | None}
+_PLAN: dict[str, Any] = {}
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -97,6 +114,38 @@ def _detect(device_type: str) -> tuple[str, str]:
     return "float32", f"{device_type}: bf16 not measured here"
 
 
+def plan(planned_tokens: int | None) -> None:
+    """Tell ``auto`` how many training tokens this process's run plans (None: unknown, the
+    hardware decision alone). Called by the methods before loading the model (training) and
+    by :func:`plan_from_model` (prediction); it holds for the rest of the process."""
+    _PLAN.clear()
+    if planned_tokens is not None:
+        _PLAN["planned_tokens"] = int(planned_tokens)
+
+
+def plan_training(training: Mapping[str, Any], n_tokens: int | None, n_rows: int) -> None:
+    """:func:`plan` from a ``training`` section and the rows about to be trained on
+    (``clinlm.llm.fit.planned_tokens``: epochs or ``max_steps``, every process's rows)."""
+    from clinlm.llm.fit import planned_tokens
+    plan(planned_tokens(dict(training), n_tokens, n_rows, int(os.environ.get("WORLD_SIZE", 1))))
+
+
+def plan_from_model(model_dir: str | Path) -> None:
+    """:func:`plan` as the run that trained ``model_dir`` did (its ``train_info.json``
+    records the planned tokens); no record (an older or foreign folder): unknown."""
+    import json
+    path = Path(model_dir) / "train_info.json"
+    tokens = None
+    if path.is_file():
+        tokens = (json.loads(path.read_text()).get("precision") or {}).get("planned_tokens")
+    plan(tokens)
+
+
+def clear_plan() -> None:
+    """Forget the run's size (tests: one process trains several runs)."""
+    _PLAN.clear()
+
+
 def _device_type(device: Any) -> str:
     if device is None:
         from clinlm.llm.builders import local_device
@@ -111,7 +160,15 @@ def resolve(device: Any = None) -> tuple[str, str]:
         if forced not in CHOICES:
             raise ValueError(f"{ENV}={forced!r}: expected one of {', '.join(CHOICES)} or auto")
         return forced, f"env {ENV}={forced}"
-    return _detect(_device_type(device))
+    kind = _device_type(device)
+    dtype, reason = _detect(kind)
+    tokens = _PLAN.get("planned_tokens")
+    if kind != "cpu" or dtype != "bfloat16" or tokens is None:
+        return dtype, reason
+    if tokens < AUTO_BF16_MIN_TOKENS:
+        return "float32", (f"{tokens:,} planned tokens < {AUTO_BF16_MIN_TOKENS:,}: float32, "
+                           f"the same on every CPU ({reason} would be bf16)")
+    return dtype, f"{reason}, {tokens:,} planned tokens >= {AUTO_BF16_MIN_TOKENS:,}"
 
 
 def resolve_precision(device: Any = None) -> str:
@@ -144,7 +201,8 @@ def resolve_cfg(cfg: Mapping[str, Any], device: Any = None) -> dict[str, Any]:
 
 
 def report(cfg: Mapping[str, Any], device: Any = None) -> dict[str, Any]:
-    """What ``train_info`` records: ``{"requested", "resolved", "reason", "keys"}``.
+    """What ``train_info`` records: ``{"requested", "resolved", "reason", "keys"}``, and
+    ``planned_tokens`` when the run planned its size (:func:`plan`; prediction reads it back).
 
     ``requested`` is ``auto`` when any precision key says so (``resolved``/``reason`` are then
     this machine's decision), else ``explicit`` (``resolved``: the training compute dtype,
@@ -155,7 +213,7 @@ def report(cfg: Mapping[str, Any], device: Any = None) -> dict[str, Any]:
     keys = {_dotted(s, k): _get(resolved, s, k) for s, k in AUTO_KEYS}
     if asked:
         dtype, reason = resolve(device)
-        return {"requested": AUTO, "resolved": dtype, "reason": reason, "keys": keys}
+        return {"requested": AUTO, "resolved": dtype, "reason": reason, "keys": keys, **_PLAN}
     training = resolved.get("training") or {}
     bnb = resolved.get("bnb") or {}
     compute = ("bfloat16" if training.get("bf16") else "float16" if training.get("fp16")

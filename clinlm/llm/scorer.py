@@ -150,7 +150,9 @@ class Scorer:
     def from_run(cls, model_dir: str | Path, cfg: dict[str, Any]) -> Scorer:
         """The base as in training (same bnb layout) + the saved adapter of a trained run."""
         from clinlm.llm.load import load_model, load_tokenizer
+        from clinlm.llm.precision import plan_from_model
 
+        plan_from_model(model_dir)  # `auto` precision as in training (the run's size)
         pcfg = cfg["predict"]
         model = load_model(cfg, "causal", adapter=model_dir)
         return cls(model, load_tokenizer(model_dir), pcfg["batch_size"], pcfg["max_length"],

@@ -305,6 +305,7 @@ class HeadMethod(Method):
 
         from clinlm.llm.fit import fit
         from clinlm.llm.load import load_model
+        from clinlm.llm.precision import plan_training
         from clinlm.llm.validation import score_metrics, train_rows
 
         cfg = run.cfg
@@ -328,6 +329,8 @@ class HeadMethod(Method):
         tok = _tokenizer(cfg["base"])
         ids = tok(head_texts(df["statement"].tolist(), question), truncation=True,
                   max_length=max_length)["input_ids"]
+        # `auto` precision depends on the run's size: decided before the model loads
+        plan_training(cfg["training"], sum(map(len, ids)), len(ids))
         model = load_model(cfg, "seq_cls", lora=_lora_for_head(cfg["lora"]), seed=run.seed,
                            gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")),
                            **_head_kwargs(run.task_type, num_labels, tok.pad_token_id))
@@ -390,7 +393,9 @@ class HeadMethod(Method):
     def load(self, run: Run) -> tuple[Any, Any, dict[str, Any]]:
         """(model, tokenizer, meta) from ``run.model_dir``: base as in training + the adapter."""
         from clinlm.llm.load import load_model
+        from clinlm.llm.precision import plan_from_model
 
+        plan_from_model(run.model_dir)  # `auto` precision as in training
         meta = json.loads((run.model_dir / META_FILE).read_text())
         if meta["task_type"] != run.task_type:
             raise ValueError(f"{run.model_dir} was trained for {meta['task_type']}, "

@@ -83,6 +83,7 @@ class SFTMethod(Method):
 
         from clinlm.llm.fit import fit
         from clinlm.llm.load import load_model, load_tokenizer
+        from clinlm.llm.precision import plan_training
         from clinlm.llm.project import answer_loss
         from clinlm.llm.validation import train_rows
 
@@ -90,6 +91,8 @@ class SFTMethod(Method):
         df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         tok = load_tokenizer(cfg["base"], padding_side="right")
         data = Dataset.from_dict(tokenize_for_sft(tok, df, run.task_cfg, run.task_type))
+        # `auto` precision depends on the run's size: decided before the model loads
+        plan_training(cfg["training"], sum(map(len, data["input_ids"])), len(data))
         model = load_model(cfg, "causal", lora=cfg["lora"], seed=run.seed,
                            gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
         eval_data = None if val is None else Dataset.from_dict(
@@ -109,8 +112,10 @@ class SFTMethod(Method):
         if run.task_type == CLASSIFICATION and run.cfg["predict"]["engine"] == "vllm":
             from clinlm.llm import vllm_engine
             from clinlm.llm.load import load_tokenizer
+            from clinlm.llm.precision import plan_from_model
             from clinlm.llm.scorer import first_token_ids
 
+            plan_from_model(run.model_dir)  # `auto` as in training
             tok = load_tokenizer(run.model_dir)
             ids = first_token_ids(tok, ["Yes", "No"])
             prompts = prompt_texts(tok, df["statement"].tolist(), run.task_cfg)

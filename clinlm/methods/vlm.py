@@ -282,11 +282,13 @@ class VLMMethod(Method):
 
         if run.task_type != REGRESSION:
             raise ValueError(f"vlm predicts a number; task {run.task} is {run.task_type}")
+        from clinlm.llm.precision import plan
         from clinlm.llm.validation import score_metrics, train_rows
 
         cfg = run.cfg
         df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
         prompts, paths = self._prompts_and_images(run, df)
+        plan(None)  # image tokens are counted by the processor, later: `auto` by hardware only
         model, proc, family = load_vlm(
             cfg, lora=cfg["lora"], seed=run.seed,
             gradient_checkpointing=bool(cfg["training"].get("gradient_checkpointing")))
@@ -325,6 +327,8 @@ class VLMMethod(Method):
 
     def load_scorer(self, run: Run) -> VLMScorer:
         """Base as in training + the saved adapter (folded into the layers when asked)."""
+        from clinlm.llm.precision import plan_from_model
+        plan_from_model(run.model_dir)  # `auto` precision as in training
         model, proc, family = load_vlm(run.cfg, adapter=run.model_dir)
         return VLMScorer(model, proc, family, run.cfg["predict"]["batch_size"],
                          autocast_dtype(run.cfg))

@@ -14,6 +14,14 @@ chronological age and the risk factors. A model that saw the latent parameters e
 would still have an MAE of about ``noise_sd * sqrt(2/pi)`` (:func:`noise_floor_mae`); models
 see the *extracted* features (measurement error on top), so their floor is a little higher.
 
+The stored values are quantized, so the same seed gives the same bytes on every CPU: numpy's
+SIMD-dispatched ``exp``/``log``/``arctan2`` (AVX512 vs AVX2 paths) and OpenBLAS's
+CPU-specific kernels differ in the last bit, and without quantization the cohort's hash
+changed between two CPUs (the statements built from it did not). The signals are rounded
+to 1 µV (:data:`SIGNAL_QUANTUM_MV`; a real ECG is stored as integer µV or coarser) before
+the features are extracted from them, and every float column of the table to
+:data:`TABLE_DECIMALS` decimals (far below any clinical resolution).
+
 Latent columns are prefixed ``true_`` and are for validating the extractor only; never
 give them to a model.
 """
@@ -31,6 +39,10 @@ from clinlm.vascular.ecg import add_features
 
 FS = 100.0
 DURATION_S = 10.0
+SIGNAL_QUANTUM_MV = 0.001
+"""Signals are stored as whole multiples of this (1 µV): the same bytes on every CPU."""
+TABLE_DECIMALS = 6
+"""Float columns of the cohort table are rounded to this many decimals (same reason)."""
 
 ECG_AGEING: dict[str, dict[str, float | str]] = {
     "sdnn": {"coef": -8.0, "ref": 40.0,
@@ -229,7 +241,27 @@ def simulate_ecg(latent: pd.DataFrame, seed: int, fs: float = FS, duration_s: fl
         sig += rng.uniform(0, 0.1, 12) * np.sin(2 * np.pi * f_bw * t[:, None]
                                                   + rng.uniform(0, 2 * np.pi, 12))
         sig += rng.normal(0, 0.012, sig.shape)
-        out[i] = sig
+        out[i] = quantize(sig, SIGNAL_QUANTUM_MV)
+    return out
+
+
+def quantize(x: np.ndarray, quantum: float) -> np.ndarray:
+    """``x`` rounded to whole multiples of ``quantum``.
+
+    Why: only IEEE-exact operations (multiply, round-half-even, divide), so inputs that
+    differ in the last bit (CPU-specific SIMD or BLAS paths) land on the same value unless
+    they straddle a half-quantum, which a last-bit difference practically never does.
+    """
+    return np.round(np.asarray(x, dtype=np.float64) / quantum) * quantum
+
+
+def round_table(table: pd.DataFrame, decimals: int = TABLE_DECIMALS) -> pd.DataFrame:
+    """``table`` with every float column rounded to ``decimals`` (see the module doc)."""
+    out = table.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].round(decimals)
+    out.attrs = dict(table.attrs)
     return out
 
 
@@ -250,7 +282,8 @@ def generate_cohort(n: int = 1500, seed: int = 42, noise_sd: float = 4.0,
 
     Returns:
         ``(table, signals, fs)``: ``signals`` is ``(n, 1000, 12)`` float32 in mV (100 Hz,
-        10 s, leads I, II, III, aVR, aVL, aVF, V1-V6); ``table`` has one row per subject:
+        10 s, leads I, II, III, aVR, aVL, aVF, V1-V6), whole µV; ``table`` has one row per
+        subject, floats rounded to :data:`TABLE_DECIMALS` decimals:
 
         * ``id``, ``subject_id`` (str, ``syn-000001``...; one recording per subject);
         * demographics: ``age`` (years), ``sex`` (``M``/``F``), ``height_cm``,
@@ -283,6 +316,7 @@ def generate_cohort(n: int = 1500, seed: int = 42, noise_sd: float = 4.0,
     signals = simulate_ecg(latent, seed=seed + 1, progress=progress)
     if extract:
         table = add_features(table, signals, FS, processes=processes, progress=progress)
+    table = round_table(table)
     table.attrs["noise_sd"] = float(noise_sd)
     table.attrs["noise_floor_mae"] = noise_floor_mae(noise_sd)
     return table, signals, FS

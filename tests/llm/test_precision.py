@@ -34,8 +34,10 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
         P._detect.cache_clear()
 
+    P.clear_plan()
     yield use
     P._detect.cache_clear()
+    P.clear_plan()
 
 
 @pytest.mark.parametrize(("caps", "dtype", "reason"), [
@@ -61,6 +63,42 @@ def test_cuda_decision_needs_native_bf16(monkeypatch, machine):
     native["v"] = False  # a V100: bf16 only emulated, which must not count
     P._detect.cache_clear()
     assert P.resolve(torch.device("cuda", 0))[0] == "float32"
+
+
+def test_short_cpu_runs_plan_float32(machine, monkeypatch, tmp_path):
+    """`auto` on a bf16-fast CPU: float32 below AUTO_BF16_MIN_TOKENS planned tokens (the same
+    metrics on every CPU), bf16 from there; AVX2 and GPUs unchanged; the env still wins;
+    prediction follows the size its training recorded."""
+    import json
+    machine(ZEN5)
+    n = P.AUTO_BF16_MIN_TOKENS
+    P.plan(n - 1)
+    assert P.resolve("cpu") == ("float32", f"{n - 1:,} planned tokens < {n:,}: float32, the "
+                                           f"same on every CPU (cpu avx512_bf16 would be bf16)")
+    rep = P.report(AUTO_CFG, "cpu")
+    assert rep["resolved"] == "float32" and rep["planned_tokens"] == n - 1
+    assert set(rep["keys"].values()) == {"float32", False}
+    P.plan(n)
+    assert P.resolve("cpu") == ("bfloat16", f"cpu avx512_bf16, {n:,} planned tokens >= {n:,}")
+    P.plan_training({"num_train_epochs": 2}, n_tokens=n // 2, n_rows=10)  # 2 epochs: n tokens
+    assert P.resolve_precision("cpu") == "bfloat16"
+    P.plan_training({"max_steps": 5, "per_device_train_batch_size": 2}, n_tokens=n, n_rows=100)
+    assert P.resolve_precision("cpu") == "float32"  # 10 of 100 rows: n / 10 tokens
+    P.plan(None)
+    assert P.resolve("cpu") == ("bfloat16", "cpu avx512_bf16")  # size unknown: the hardware's
+    P.plan(10)
+    monkeypatch.setenv(P.ENV, "bfloat16")
+    assert P.resolve_precision("cpu") == "bfloat16"
+    monkeypatch.delenv(P.ENV)
+    machine(AVX2)
+    P.plan(n * 10)
+    assert P.resolve_precision("cpu") == "float32"  # bf16 emulated: never
+    (tmp_path / "train_info.json").write_text(json.dumps({"precision": {"planned_tokens": 17}}))
+    machine(SAPPHIRE)
+    P.plan_from_model(tmp_path)
+    assert P.resolve_precision("cpu") == "float32"
+    P.plan_from_model(tmp_path / "elsewhere")  # no record: the hardware decides
+    assert P.resolve_precision("cpu") == "bfloat16"
 
 
 def test_env_override(monkeypatch, machine):
@@ -192,7 +230,8 @@ def test_auto_trains_and_predicts_in_bf16(tiny_llama, tmp_path, monkeypatch, cap
     assert info["precision"] == {
         "requested": "auto", "resolved": "bfloat16", "reason": "env CLINLM_PRECISION=bfloat16",
         "keys": {"dtype": "bfloat16", "bnb.bnb_4bit_compute_dtype": "bfloat16",
-                 "training.bf16": True, "predict.autocast_dtype": "bfloat16"}}
+                 "training.bf16": True, "predict.autocast_dtype": "bfloat16"},
+        "planned_tokens": info["tokens"]}  # 1 epoch
     assert {"loss_rose", "first_loss_mean", "last_loss_mean"} <= info.keys()
     assert info["steps"] == 4 and all(map(torch.isfinite, torch.tensor(
         [info["first_loss"], info["last_loss"]])))
