@@ -212,6 +212,17 @@ def _sort_adapter_config(path: Path) -> None:
 
 
 LOSS_STATE = "clinlm_loss_state_rank"  # + process index + .json, in each checkpoint
+def _remove_empty_parents(folder: Path, levels: int) -> None:
+    """Remove up to ``levels`` parents of ``folder`` while they are empty, so a finished run
+    leaves no empty scratch folders behind (a folder holding anything, e.g. an API run's
+    resumable answers, stays)."""
+    for parent in list(folder.parents)[:levels]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (or gone): stop there
+            return
+
+
 FINGERPRINT = "run.json"                # in the checkpoints folder: what its checkpoints trained
 
 
@@ -530,6 +541,7 @@ def fit(run: Any, model: Any, train_dataset: Any, *, processing_class: Any, loss
         (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; params say it all
         _sort_adapter_config(out / "adapter_config.json")
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # only now: the model is saved
+        _remove_empty_parents(ckpt_dir, levels=3)     # data/work/<task>/<model>, if emptied
         files = {"resolved_config.json": {"model": run.model, "task": run.task, "cfg": cfg,
                                           "task_cfg": run.task_cfg}, **(meta_files or {})}
         for name, obj in files.items():

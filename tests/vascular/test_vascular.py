@@ -123,7 +123,8 @@ def test_vascular_age_tracks_age_but_differs(cohort: tuple[pd.DataFrame, np.ndar
 def test_ecg_markers_shift_vascular_age(cohort: tuple[pd.DataFrame, np.ndarray, float]) -> None:
     t = cohort[0]
     shift = ecg_ageing_shift(t[list(LATENT)])
-    np.testing.assert_allclose(shift, t["ecg_shift_years"])
+    # the stored table is rounded to 6 decimals (the same bytes on every CPU)
+    np.testing.assert_allclose(shift, t["ecg_shift_years"], rtol=0, atol=1e-6)
     assert shift.std() > 2.0  # the ECG moves the target by years, not days
     # documented coefficients, one subject by hand
     row = t.iloc[0]
