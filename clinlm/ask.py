@@ -145,8 +145,8 @@ class Predictor:
     @property
     def question(self) -> str:
         """The task's question as the LLM methods ask it (``{target}`` filled in)."""
-        from clinlm.prompts import build_messages
-        return build_messages("", self.run.task_cfg)[1]["content"].strip()
+        from clinlm.prompts import prompt_text
+        return (prompt_text(self.run.task_cfg, "question") or "").strip()
 
     @property
     def classification(self) -> bool:

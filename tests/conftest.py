@@ -97,17 +97,23 @@ def tiny_sft_cfg(base, *, epochs: int = 2, predict_batch_size: int = 4, **extra)
     return cfg
 
 
-def copy_checkout(dst: Path, skip: tuple[str, ...] = ("dvc.lock",)) -> Path:
+def _under(path: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    """``path`` is one of ``prefixes`` or inside one of those folders."""
+    return any(path == s or path.startswith(s.rstrip("/") + "/") for s in prefixes)
+
+
+def copy_checkout(dst: Path, skip: tuple[str, ...] = ("dvc.lock",),
+                  only: tuple[str, ...] | list[str] | None = None) -> Path:
     """Copy the working tree's files (tracked + untracked, not ignored) to ``dst``, without
-    ``skip`` (paths or folder prefixes): a scratch project for end-to-end `dvc repro` tests."""
+    ``skip`` (paths or folder prefixes), and only those under ``only`` when given: a scratch
+    project for end-to-end `dvc repro` tests."""
     import shutil
     import subprocess
 
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if (ROOT / f).is_file() and not any(f == s or f.startswith(s.rstrip("/") + "/")
-                                            for s in skip):
+        if (ROOT / f).is_file() and not _under(f, skip) and (only is None or _under(f, only)):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     return dst
@@ -143,3 +149,4 @@ def run_distributed(tmp_path: Path, run: dict, rows, *, processes: int = 2, trai
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return [json.loads((out / f"rank{i}.json").read_text()) for i in range(processes)]
+

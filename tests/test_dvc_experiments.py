@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout
 
 # ~8-10 s on 2 cores (dvc + one real stage): kept in `make test-fast`
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
@@ -43,12 +43,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 def test_temp_experiment_imports_its_own_clinlm(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            shutil.copy2(src, repo / name)
+    copy_checkout(repo, only=COPIED)
     # deps are not under test here (test_pipeline_e2e runs the whole graph): keep the ones that
     # exist, so the check of which code ran does not hinge on the dep lists being current
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())

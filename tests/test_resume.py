@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, YES_NO_TASK, tiny_sft_cfg, waits_rows
+from tests.conftest import ROOT, YES_NO_TASK, copy_checkout, tiny_sft_cfg, waits_rows
 
 RUN, MODEL, TASK = "noshow-tiny-sft", "tiny-sft", "noshow"
 STEPS = 16  # 32 rows, batch 2, one epoch; a checkpoint every 3 steps, the loss logged every 2
@@ -28,12 +28,7 @@ COPIED = ["clinlm", "stages", "dvc.yaml", "pyproject.toml", ".dvcignore"]
 
 
 def _project(repo: Path, tiny_llama: Path, rows: int = 32) -> dict:
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            shutil.copy2(src, repo / name)
+    copy_checkout(repo, only=COPIED)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_models"]["tiny"] = {"source": str(tiny_llama)}
     cfg = tiny_sft_cfg("data/models/base/tiny", epochs=1)
