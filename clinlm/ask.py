@@ -88,7 +88,8 @@ def list_fields(run_name: str, params_path: str | Path = "params.yaml") -> list[
     from clinlm.tasks import get_task
 
     params, entry = _run_entry(run_name, None, params_path)
-    return get_task(entry["task"]).input_fields(params["tasks"][entry["task"]])
+    task = params["tasks"][entry["task"]]
+    return get_task(entry["task"], task).input_fields(task)
 
 
 class Predictor:
@@ -112,7 +113,7 @@ class Predictor:
             raise AskError(f"{params_path}: {e}", status=400) from None
         self.name, self.method = run_name, method
         self.threshold = float((params.get("predict") or {}).get("threshold", 0.5))
-        self.task = get_task(self.run.task)
+        self.task = get_task(self.run.task, self.run.task_cfg)
         self.fields: list[dict[str, Any]] = self.task.input_fields(self.run.task_cfg)
         self._lock = threading.Lock()
         if not self.run.model_dir.is_dir():

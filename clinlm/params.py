@@ -73,7 +73,7 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
     """Check every section against its typed config (:mod:`clinlm.config`, the tasks' own
     download/statements configs); library sections only of ``library_models`` (``None``: all)."""
     from clinlm import config as C
-    from clinlm.tasks import TASKS, TaskSection, get_task
+    from clinlm.tasks import TaskSection, get_task, task_kind
 
     check_libraries = None if library_models is None else set(library_models)
     for key in ("seed", "tasks", "models", "runs"):
@@ -84,12 +84,18 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
     for name, spec in (params.get("base_models") or {}).items():
         _parse(C.BaseModelConfig, spec, f"base_models.{name}")
     for name, task in params["tasks"].items():
-        if name not in TASKS:
-            raise ParamsError(f"tasks.{name}: unknown task; known: {', '.join(sorted(TASKS))}")
+        try:
+            task_kind(name, task)
+        except ValueError as e:
+            raise ParamsError(str(e)) from None
         _parse(TaskSection, task, f"tasks.{name}")
-        t = get_task(name)
+        t = get_task(name, task)
         _parse(t.download_config, task.get("download"), f"tasks.{name}.download")
         _parse(t.statements_config, task.get("statements"), f"tasks.{name}.statements")
+        try:
+            t.check_section(task)
+        except ValueError as e:
+            raise ParamsError(str(e)) from None
     for name, model in params["models"].items():
         method = model.get("method") if isinstance(model, dict) else None
         if method not in C.METHODS:

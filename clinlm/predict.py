@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             get_method(run.cfg["method"]).check_ready(run)
         except (RuntimeError, ValueError) as e:
             raise ParamsError(f"run {args.run!r}: {e}") from None
-        screened = get_task(run.task).screen_csv(run.task_cfg, args.input)
+        screened = get_task(run.task, run.task_cfg).screen_csv(run.task_cfg, args.input)
         answers = predict_screened(run, screened, params.get("predict", {}).get("threshold", 0.5))
         write_csv(args.output, answers)
     except (DataError, ParamsError, YAMLError) as e:

@@ -34,11 +34,15 @@ from clinlm.config import Strict, import_object, parse_section
 
 log = logging.getLogger(__name__)
 
-# name -> "module:Class"; modules are imported only when the task is used.
+# kind -> "module:Class"; modules are imported only when the task is used. A built-in task's
+# kind is its own name (``tasks.noshow``); ``kind: table`` declares any other table in params.
 TASKS: dict[str, str] = {
     "noshow": "clinlm.noshow.task:NoshowTask",
     "vascular_age": "clinlm.vascular.task:VascularAgeTask",
+    "table": "clinlm.table.task:TableTask",
 }
+#: the kinds that any number of ``tasks.<name>`` sections may declare (the others are a name)
+GENERIC_KINDS = ("table",)
 
 
 class TaskConfig(BaseModel):
@@ -101,6 +105,8 @@ class TaskSection(Strict):
     """``tasks.<name>``: the keys every task has (download/statements: the task's own configs)."""
 
     type: Literal["classification", "regression"]
+    kind: str | None = Field(None, description="the task's code: null for a built-in task "
+                                               "(its name), `table` for any clinical table")
     download: dict[str, Any] = {}    # validated by the task's own download_config
     statements: dict[str, Any] = {}  # validated by the task's own statements_config
     split: SplitConfig = SplitConfig()
@@ -113,11 +119,15 @@ class TaskSection(Strict):
 class Task:
     """One task's data steps. Subclasses set ``name`` and the two config models."""
 
-    name: ClassVar[str] = ""
+    name: str = ""
     #: the ``download`` section: its keys, types and defaults (one home)
     download_config: ClassVar[type[TaskConfig]] = _NoOptions
     #: the ``statements`` section: its keys, types and defaults (one home)
     statements_config: ClassVar[type[TaskConfig]] = _NoOptions
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is not None:  # a generic kind serves many tasks: each instance its own name
+            self.name = name
 
     def download_settings(self, cfg: Mapping[str, Any]) -> Any:
         """``cfg["download"]`` as a :attr:`download_config` instance."""
@@ -128,6 +138,10 @@ class Task:
         """``cfg["statements"]`` as a :attr:`statements_config` instance."""
         return parse_section(self.statements_config, cfg.get("statements"),
                              f"tasks.{self.name}.statements")
+
+    def check_section(self, cfg: Mapping[str, Any]) -> None:
+        """Checks of the whole ``tasks.<name>`` section that its typed parts cannot make alone
+        (params validation; a ``ValueError`` naming the key). Nothing by default."""
 
     def download(self, cfg: Mapping[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
         """Fetch or generate the raw data into ``out_dir``; return facts for download.json."""
@@ -415,25 +429,46 @@ def _screen_statements(cfg: Mapping[str, Any], path: Path) -> Screened:
     return screen_frame(df, lambda part: part, refused, [i or None for i in ids])
 
 
-def get_task(name: str) -> Task:
-    """Instantiate the task registered under ``name``."""
-    return import_object(TASKS, name, "task")()
+def task_kind(name: str, cfg: Mapping[str, Any] | None) -> str:
+    """The registry entry of ``tasks.<name>``: its ``kind`` (a generic one such as ``table``),
+    else the name itself (a built-in task). Errors name the key."""
+    kind = (cfg or {}).get("kind") if isinstance(cfg, Mapping) else None
+    if kind is None:
+        if name in GENERIC_KINDS:
+            raise ValueError(f"tasks.{name}: {name!r} is a kind, not a task name: name the "
+                             f"task (e.g. tasks.my_table) and set kind: {name}")
+        if name not in TASKS:
+            raise ValueError(f"tasks.{name}: unknown task; a built-in task is one of "
+                             f"{sorted(set(TASKS) - set(GENERIC_KINDS))}, any other table "
+                             f"declares kind: {' | '.join(GENERIC_KINDS)}")
+        return name
+    if kind not in GENERIC_KINDS and kind != name:
+        raise ValueError(f"tasks.{name}.kind: {kind!r} is not a kind any task may declare; "
+                         f"use one of {list(GENERIC_KINDS)} (a built-in task is named by its "
+                         "section and needs no kind)")
+    return kind
+
+
+def get_task(name: str, cfg: Mapping[str, Any] | None = None) -> Task:
+    """The task of ``tasks.<name>`` (``cfg``: that section, which says its ``kind``)."""
+    return import_object(TASKS, task_kind(name, cfg), "task")(name)
 
 
 def download(task: str, cfg: dict[str, Any], seed: int, out_dir: Path) -> dict[str, Any]:
     """Fetch or generate the raw data of ``task`` into ``out_dir``."""
-    return get_task(task).download(cfg, seed, Path(out_dir))
+    return get_task(task, cfg).download(cfg, seed, Path(out_dir))
 
 
 def build_table(task: str, cfg: dict[str, Any], raw_dir: Path) -> pd.DataFrame:
     """The statements table of ``task`` from its raw files."""
-    return get_task(task).build_table(cfg, Path(raw_dir))
+    return get_task(task, cfg).build_table(cfg, Path(raw_dir))
 
 
 def table_from_csv(task: str, cfg: dict[str, Any], path: Path) -> pd.DataFrame:
     """A user's CSV -> statements table (see :meth:`Task.table_from_csv`)."""
-    return get_task(task).table_from_csv(cfg, Path(path))
+    return get_task(task, cfg).table_from_csv(cfg, Path(path))
 
 
-__all__ = ["TASKS", "Screened", "Task", "TaskConfig", "build_table", "download", "get_task",
-           "parse_section", "record_problems", "safe_text", "screen_frame", "table_from_csv"]
+__all__ = ["GENERIC_KINDS", "TASKS", "Screened", "Task", "TaskConfig", "build_table", "download", "get_task",
+           "parse_section", "record_problems", "safe_text", "screen_frame", "table_from_csv",
+           "task_kind"]

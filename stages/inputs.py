@@ -24,7 +24,8 @@ if __name__ == "__main__":
     params = load_params()
     t0 = time.perf_counter()
     files = []
-    for path in get_task(args.task).input_files(params["tasks"][args.task]):
+    task = params["tasks"][args.task]
+    for path in get_task(args.task, task).input_files(task):
         files.append({"path": str(path), "bytes": path.stat().st_size,
                       "sha256": sha256_file(path)})
     write_json(inputs_path(args.task), {"files": files})

@@ -8,6 +8,7 @@ from clinlm.io import write_json, write_parquet
 from clinlm.params import load_params
 from clinlm.paths import interim_dir, processed_dir, raw_dir, read_json, setup_logging
 from clinlm.split import split_table
+from clinlm.tasks import SplitConfig
 
 if __name__ == "__main__":
     setup_logging()
@@ -16,15 +17,16 @@ if __name__ == "__main__":
     args = ap.parse_args()
     params = load_params()
     task = params["tasks"][args.task]
+    split = SplitConfig.model_validate(task.get("split") or {}).model_dump()  # {}: the defaults
     table = pd.read_parquet(interim_dir(args.task) / "table.parquet")
-    train, test = split_table(table, seed=params["seed"], task_type=task["type"], **task["split"])
+    train, test = split_table(table, seed=params["seed"], task_type=task["type"], **split)
     out = processed_dir(args.task)
     write_parquet(out / "train.parquet", train)
     write_parquet(out / "test.parquet", test)
     shared = set(train["group"]) & set(test["group"])
     downloaded = read_json(raw_dir(args.task) / "download.json")
     info = {"n_train": len(train), "n_test": len(test), "groups_on_both_sides": len(shared),
-            "data_source": downloaded["data_source"], **task["split"]}
+            "data_source": downloaded["data_source"], **split}
     if task["type"] == "classification":
         info["train_prevalence"] = float(train["label"].eq("Yes").mean())
         info["test_prevalence"] = float(test["label"].eq("Yes").mean())

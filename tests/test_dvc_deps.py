@@ -4,7 +4,8 @@ The code a stage runs is found statically: its ``stages/<name>.py`` module (and,
 ``train_<method>`` / ``predict_<method>`` groups, ``clinlm/methods/<method>.py``), then every
 ``clinlm`` module imported anywhere in those files (function-level imports included),
 recursively. Registries import by name (``"clinlm.noshow.task:NoshowTask"``): the task
-stages list the task packages as folders. Not followed: ``clinlm.params`` (it only accepts or
+stages (those that run a task's data code) list the task packages as folders, and what those
+packages import is followed too. Not followed: ``clinlm.params`` (it only accepts or
 refuses params.yaml; it changes no output).
 """
 
@@ -59,6 +60,15 @@ def code_closure(modules: list[str]) -> set[str]:
     return {str(p.relative_to(ROOT)) for p in seen}
 
 
+#: the stages that run a task's own data code (through the task registry)
+TASK_STAGES = {"inputs", "download", "statements", "render"}
+
+
+def _registered_task_modules() -> list[str]:
+    from clinlm.tasks import TASKS
+    return [entry.split(":")[0] for entry in TASKS.values()]
+
+
 def _stages() -> list[tuple[str, dict]]:
     return list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items())
 
@@ -79,6 +89,9 @@ def test_stage_lists_exactly_the_code_it_runs(name, stage):
     method = re.fullmatch(r"(?:train|predict)_(\w+)", name)
     if method:
         start.append(f"clinlm.methods.{method.group(1)}")
+    if name in TASK_STAGES:
+        start += [m for m in _registered_task_modules()
+                  if name != "render" or m.startswith("clinlm.vascular")]
     need = code_closure(start) - NOT_FOLLOWED_FILES
     code_deps = [d for d in spec["deps"] if d.startswith(("clinlm", "stages"))]
     missing = sorted(p for p in need if not _covered(p, code_deps))

@@ -12,15 +12,17 @@ from clinlm import tasks
 from clinlm.noshow.sources import DEFAULT_N_SYNTHETIC, KAGGLE_DATASET, NoshowDownload
 from clinlm.noshow.synthetic import generate_synthetic
 from clinlm.noshow.task import NoshowStatements, NoshowTask
-from clinlm.tasks import TASKS, Task, get_task, parse_section
+from clinlm.tasks import GENERIC_KINDS, TASKS, Task, get_task, parse_section
 from clinlm.vascular.task import VascularAgeTask, VascularDownload, VascularStatements
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the tasks named by their section (the generic kinds serve any name: tests/table/)
+BUILT_IN = [name for name in TASKS if name not in GENERIC_KINDS]
 
 
 def test_registry_names_classes() -> None:
-    assert set(TASKS) == {"noshow", "vascular_age"}
-    for name in TASKS:
+    assert set(TASKS) == {"noshow", "vascular_age", "table"} and GENERIC_KINDS == ("table",)
+    for name in BUILT_IN:
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name
         for model in (task.download_config, task.statements_config):
@@ -30,10 +32,17 @@ def test_registry_names_classes() -> None:
 
 
 def test_unknown_task_lists_known() -> None:
-    with pytest.raises(KeyError, match=r"unknown task 'nosho'; known: noshow, vascular_age"):
+    with pytest.raises(ValueError, match=r"tasks\.nosho: unknown task; a built-in task is one "
+                                         r"of \['noshow', 'vascular_age'\], any other table "
+                                         "declares kind: table"):
         get_task("nosho")
-    with pytest.raises(KeyError, match="known: noshow, vascular_age"):
+    with pytest.raises(ValueError, match="known|built-in task is one of"):
         tasks.download("nosho", {}, 0, Path("unused"))
+    with pytest.raises(ValueError, match=r"tasks\.table: 'table' is a kind, not a task name"):
+        get_task("table")
+    with pytest.raises(ValueError, match=r"tasks\.x\.kind: 'noshow' is not a kind"):
+        get_task("x", {"kind": "noshow"})
+    assert get_task("my_table", {"kind": "table"}).name == "my_table"
 
 
 def test_defaults_are_the_code_defaults() -> None:
@@ -56,12 +65,12 @@ def test_params_yaml_sections_validate() -> None:
 
     params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     for name, section in params["tasks"].items():
-        task = get_task(name)
+        task = get_task(name, section)
         task.download_settings(section)
         task.statement_settings(section)
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_typo_and_bad_source_are_errors(name: str) -> None:
     model = get_task(name).download_config
     where = f"tasks.{name}.download"
@@ -115,7 +124,7 @@ def test_noshow_table_from_csv(tmp_path: Path) -> None:
     # a prepared table (id + statement) is used as is, for any task
     ready = tmp_path / "ready.csv"
     pd.DataFrame({"id": ["007"], "statement": ["A patient."]}).to_csv(ready, index=False)
-    for name in TASKS:
+    for name in BUILT_IN:
         got = tasks.table_from_csv(name, {}, ready)
         assert got["id"].tolist() == ["007"] and got["label"].isna().all()
 
@@ -127,7 +136,7 @@ def test_every_download_key_is_in_params_yaml() -> None:
 
     params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
     for name, section in params["tasks"].items():
-        task = get_task(name)
+        task = get_task(name, section)
         for kind, model in (("download", task.download_config),
                             ("statements", task.statements_config)):
             missing = set(model.model_fields) - set(section.get(kind) or {})

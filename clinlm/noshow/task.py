@@ -37,7 +37,7 @@ class NoshowStatements(TaskConfig):
 class NoshowTask(Task):
     """Kaggle "Medical Appointment No Shows": will the patient miss the appointment?"""
 
-    name: ClassVar[str] = "noshow"
+    name = "noshow"
     download_config: ClassVar[type[TaskConfig]] = NoshowDownload
     statements_config: ClassVar[type[TaskConfig]] = NoshowStatements
 

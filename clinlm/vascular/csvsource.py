@@ -62,13 +62,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from clinlm.cells import DEFAULT_MISSING, Problems, code_map, normalise, parse_numbers
 from clinlm.io import DataError, read_table
 
 log = logging.getLogger(__name__)
 
-#: cells read as missing unless ``missing_values`` says otherwise (compared after stripping)
-DEFAULT_MISSING: tuple[str, ...] = ("", "?", "NA", "N/A", "n/a", "NaN", "nan", "null",
-                                    "NULL", "None", "none", "-")
 
 #: known feature -> (stored column, canonical unit, kind, statement section)
 KNOWN: dict[str, tuple[str, str, str, str]] = {
@@ -240,80 +238,10 @@ def resolve(columns: Mapping[str, CsvColumn | Mapping[str, Any]],
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------
-
-# --------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------
-
-class Problems:
-    """Every bad cell, reported grouped by column: count, first rows and values."""
-
-    def __init__(self, path: str | os.PathLike, order: list[str], key_prefix: str) -> None:
-        self.path, self.order, self.key_prefix = path, order, key_prefix
-        self.groups: list[tuple[str, str, np.ndarray, pd.Series, str]] = []
-
-    def add(self, mask: np.ndarray | pd.Series, column: str, what: str, values: pd.Series,
-            hint: str = "") -> None:
-        """Record the cells of ``column`` where ``mask`` holds (``what``: the rule broken)."""
-        rows = np.flatnonzero(np.asarray(mask, dtype=bool))
-        if rows.size:
-            self.groups.append((column, what, rows, values, hint))
-
-    def raise_all(self) -> None:
-        """Raise one DataError for everything recorded (nothing when clean)."""
-        if not self.groups:
-            return
-        groups = sorted(self.groups, key=lambda g: (self.order.index(g[0])
-                                                    if g[0] in self.order else -1, g[2][0]))
-        first = min(groups, key=lambda g: (g[2][0], self.order.index(g[0])
-                                           if g[0] in self.order else -1))
-        total = sum(len(g[2]) for g in groups)
-        lines = []
-        for column, what, rows, values, hint in groups:
-            shown = ", ".join(f"{r + 1} ({values.iloc[r]!r})" for r in rows[:5])
-            more = f", ... {len(rows) - 5} more" if len(rows) > 5 else ""
-            lines.append(f"  column {column!r}: {len(rows)} cell(s) {what}: rows {shown}{more}"
-                         + (f" -- {hint}" if hint else ""))
-        r0 = int(first[2][0])
-        head = (f"{first[1]} ({first[3].iloc[r0]!r}); {total} bad cell(s) in "
-                f"{len({g[0] for g in groups})} column(s):")
-        cells = [(int(r) + 1, column, f"{what}: got {values.iloc[r]!r}")
-                 for column, what, rows, values, _ in groups for r in rows]
-        raise DataError(self.path, head + "\n" + "\n".join(lines), row=r0 + 1, column=first[0],
-                        cells=cells)
-
-
-def _norm(text: pd.Series) -> pd.Series:
-    """Lower-case text with numbers canonical (``1.0`` -> ``1``), to match codes."""
-    low = text.str.lower()
-    num = pd.to_numeric(low, errors="coerce")
-    whole = num.notna() & (num == np.floor(num)) & (num.abs() < 2 ** 53)
-    return low.where(~whole, num.where(whole).astype("Int64").astype(str))
-
-
-def _codes(codes: Mapping[str, str]) -> dict[str, str]:
-    """``codes`` with keys normalised like the cells (:func:`_norm`)."""
-    keys = _norm(pd.Series(list(codes), dtype="string").str.strip())
-    return dict(zip(keys, codes.values(), strict=True))
-
-
 def _numbers(text: pd.Series, missing: pd.Series, f: Feature, problems: Problems,
              key: str) -> pd.Series:
-    num = pd.to_numeric(text.where(~missing), errors="coerce").astype(float)
-    bad = ~missing & (num.isna() | ~np.isfinite(num.fillna(0)))
-    problems.add(bad, f.column, "not a number", text,
-                 f"a missing-value marker? add it to {problems.key_prefix}.missing_values")
-    if f.range is not None:
-        lo, hi, lo_open = f.range
-        out = num.notna() & ((num <= lo if lo_open else num < lo) | (num > hi))
-        rng = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
-        problems.add(out, f.column, f"outside {rng} {f.source_unit}".rstrip(), text,
-                     f"if real, widen {key}.range")
-        num = num.where(~out)
-    return num.where(~bad) * f.factor
+    return parse_numbers(text, missing, f.column, problems, key, rng=f.range,
+                         unit=f.source_unit) * f.factor
 
 
 def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
@@ -379,8 +307,8 @@ def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
                 out[f.name] = v.where(v != -180.0, 180.0)
         elif f.kind in ("sex", "bool"):
             meaning = _SEX_CODES if f.kind == "sex" else _BOOL_CODES
-            codes = _codes(f.codes) if f.codes is not None else {k: k for k in meaning}
-            given = _norm(txt).map(codes)  # raw value -> its meaning's text
+            codes = code_map(f.codes) if f.codes is not None else {k: k for k in meaning}
+            given = normalise(txt).map(codes)  # raw value -> its meaning's text
             unknown = ~gone & given.isna()
             if f.kind == "sex" and f.codes is None:  # 0/1 differ between tables: never guess
                 numeric = unknown & pd.to_numeric(txt, errors="coerce").notna()
@@ -393,7 +321,7 @@ def parse_frame(raw: pd.DataFrame, opts: CsvOptions, where: str | os.PathLike,
             out[f.name] = stored.where(~gone).to_numpy()
         else:  # category
             if f.codes is not None:
-                mapped = _norm(txt).map(_codes(f.codes))
+                mapped = normalise(txt).map(code_map(f.codes))
                 problems.add(~gone & mapped.isna(), f.column, "value not in codes", txt,
                              f"add it to {key}.codes")
             else:

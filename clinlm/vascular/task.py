@@ -139,7 +139,7 @@ def _target_column(raw: pd.DataFrame) -> str:
 class VascularAgeTask(Task):
     """ECG features + demographics (+ risk factors) -> vascular age in years (regression)."""
 
-    name: ClassVar[str] = "vascular_age"
+    name = "vascular_age"
     download_config: ClassVar[type[TaskConfig]] = VascularDownload
     statements_config: ClassVar[type[TaskConfig]] = VascularStatements
 

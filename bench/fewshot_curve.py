@@ -1,0 +1,184 @@
+"""Few-shot curve: when does the LLM beat gradient boosting? Metric vs training rows, per table.
+
+    python bench/fewshot_curve.py --task breast_cancer --task diabetes \\
+        --rows 16 32 64 128 256 512 all --seeds 3 --llm smollm2-sft --llm-seeds 1 \\
+        --out docs/results/fewshot
+
+Run after `dvc repro` (it reads each task's split, ``data/processed/<task>``, and the base
+folder the LLM model loads). For every size ``n`` and seed, the same seeded, stratified
+subsample of the training split trains gbdt (``models.gbdt``) and each ``--llm`` model entry
+(``max_train_rows`` = all of the subsample; the entry's other settings as in params), and each
+is scored on the SAME test rows (all of them, or ``--eval-rows``, a seeded stratified
+subsample, for a large table). Intervals: 95 % paired bootstrap over those test rows
+(``clinlm.bootstrap.compare_runs``), the LLM's difference from the gbdt of the same rows and
+seed. Below 10 leaves' worth of rows, gbdt's ``min_samples_leaf`` is scaled to ``n // 20``
+(at least 2; recorded per point): the pipeline's leaf of 40 rows cannot split 16 rows, and a
+baseline that cannot learn would flatter the LLM. ``--kaggle FILE`` adds the real no-show table (the noshow task on that file, split as in
+params, in a scratch folder).
+
+Writes ``<out>/<task>.json`` (every point), ``<out>/<task>.csv`` (one row per method, size and
+seed: the ``dvc plots`` curve) and prints a markdown table per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from bench.budget_curve import cpu_model, eval_subset, variant_run  # noqa: E402
+from clinlm.bootstrap import compare_runs  # noqa: E402
+from clinlm.io import write_csv, write_json  # noqa: E402
+from clinlm.methods import get_method  # noqa: E402
+from clinlm.methods.base import Run, subsample  # noqa: E402
+from clinlm.params import load_params  # noqa: E402
+from clinlm.predict import predict_table  # noqa: E402
+from clinlm.runs import make_run  # noqa: E402
+
+METRIC = {"classification": "roc_auc", "regression": "mae"}
+
+
+def kaggle_split(params: dict, path: Path, scratch: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The real no-show table: the noshow task's download (csv source), statements and split."""
+    from clinlm.split import split_table
+    from clinlm.tasks import SplitConfig, get_task
+
+    cfg = copy.deepcopy(params["tasks"]["noshow"])
+    cfg["download"].update(source="csv", csv_path=str(path))
+    task = get_task("noshow", cfg)
+    task.download(cfg, params["seed"], scratch)
+    table = task.build_table(cfg, scratch)
+    split = SplitConfig.model_validate(cfg.get("split") or {}).model_dump()
+    return split_table(table, seed=params["seed"], task_type=cfg["type"], **split)
+
+
+def gbdt_run_of(params: dict, task: str) -> str:
+    """The task's gbdt run in params (the curve's runs copy its task and seed)."""
+    for name, spec in (params["runs"].get("gbdt") or {}).items():
+        if spec["task"] == task:
+            return name
+    raise SystemExit(f"no runs.gbdt entry for task {task!r} in params.yaml")
+
+
+def fit_predict(run: Run, train: pd.DataFrame, test: pd.DataFrame, threshold: float
+                ) -> tuple[pd.DataFrame, float]:
+    """Train ``run`` on every row of ``train``, predict ``test``; (predictions, seconds)."""
+    t0 = time.perf_counter()
+    get_method(run.cfg["method"]).train(run, train)
+    pred = predict_table(run, test, threshold)
+    return pred, round(time.perf_counter() - t0, 1)
+
+
+def curve(task: str, train: pd.DataFrame, test: pd.DataFrame, params: dict, args,
+          scratch: Path) -> list[dict[str, Any]]:
+    base = make_run(gbdt_run_of(params, task), params)
+    ttype = base.task_type
+    metric = METRIC[ttype]
+    threshold = params["predict"]["threshold"]
+    sizes = sorted({len(train) if r == "all" else min(int(r), len(train)) for r in args.rows})
+    points: list[dict[str, Any]] = []
+    for n in sizes:
+        seeds = range(args.seeds if n < len(train) else 1)  # all rows: one subsample
+        for seed in seeds:
+            rows = subsample(train, n, base.seed + seed, ttype)
+            gcfg = copy.deepcopy(base.cfg)
+            leaf = gcfg["hist_gbdt"].get("min_samples_leaf", 20)
+            if n < 10 * leaf:  # a leaf of 40 rows cannot split 16: scale it down (recorded)
+                gcfg["hist_gbdt"]["min_samples_leaf"] = leaf = max(2, n // 20)
+            brun = dataclasses.replace(variant_run(base, scratch / f"gbdt-{n}-{seed}", cfg=gcfg),
+                                       seed=base.seed + seed)
+            preds = {"gbdt": fit_predict(brun, rows, test, threshold)}
+            for llm in args.llm if seed < args.llm_seeds else []:
+                lrun = dataclasses.replace(
+                    variant_run(base, scratch / f"{llm}-{n}-{seed}", model=llm,
+                                cfg=params["models"][llm], max_train_rows=None),
+                    seed=base.seed + seed)
+                preds[llm] = fit_predict(lrun, rows, test, threshold)
+            cmp = compare_runs(ttype, {k: p for k, (p, _) in preds.items()}, "gbdt",
+                               args.n_boot, seed=0)
+            for name, res in cmp.items():
+                point = {"task": task, "method": name, "n_train": n, "seed": seed,
+                         "n_test": res["n_rows"], "metric": metric,
+                         "value": res["point"][metric], "ci95": res["ci95"][metric],
+                         "seconds": preds[name][1]}
+                if name == "gbdt":
+                    point["min_samples_leaf"] = leaf
+                if "vs_baseline" in res:
+                    d = res["vs_baseline"][metric]
+                    point.update(vs_gbdt=d["diff"], vs_gbdt_ci95=d["ci95"],
+                                 verdict=d["verdict"])
+                points.append(point)
+                print(json.dumps(point), flush=True)
+    return points
+
+
+def markdown(task: str, points: list[dict[str, Any]]) -> str:
+    metric = points[0]["metric"]
+    lines = [f"### {task} ({metric}, {points[0]['n_test']} test rows)", "",
+             f"| rows | method | seed | {metric} [95 % CI] | vs gbdt [95 % CI] | |",
+             "|---:|---|---:|---|---|---|"]
+    for p in sorted(points, key=lambda p: (p["n_train"], p["method"] != "gbdt", p["method"],
+                                           p["seed"])):
+        vs = (f"{p['vs_gbdt']:+.3f} [{p['vs_gbdt_ci95'][0]:+.3f}, {p['vs_gbdt_ci95'][1]:+.3f}]"
+              if "vs_gbdt" in p else "")
+        lines.append(f"| {p['n_train']} | {p['method']} | {p['seed']} | {p['value']:.3f} "
+                     f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {vs} | {p.get('verdict', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", action="append", default=[], help="a task of params.yaml")
+    ap.add_argument("--kaggle", type=Path, help="the real no-show CSV / zip (optional)")
+    ap.add_argument("--rows", nargs="+", default=["16", "32", "64", "128", "256", "512", "all"])
+    ap.add_argument("--seeds", type=int, default=3, help="subsamples per size below all rows")
+    ap.add_argument("--llm", action="append", default=[], help="models.<name> of an LLM")
+    ap.add_argument("--llm-seeds", type=int, default=1, help="subsamples the LLMs train on")
+    ap.add_argument("--eval-rows", type=int, default=None, help="test rows (default: all)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fewshot")
+    args = ap.parse_args()
+    params = load_params()
+    jobs = [(t, None) for t in args.task] + ([("noshow_kaggle", args.kaggle)] if args.kaggle else [])
+    scratch = Path(tempfile.mkdtemp(prefix="fewshot-", dir=ROOT / "data"))
+    try:
+        for task, kaggle in jobs:
+            if kaggle is not None:
+                train, test = kaggle_split(params, kaggle, scratch / "kaggle")
+                key = "noshow"
+            else:
+                from clinlm.paths import processed_dir
+                train = pd.read_parquet(processed_dir(task) / "train.parquet")
+                test = pd.read_parquet(processed_dir(task) / "test.parquet")
+                key = task
+            ttype = params["tasks"][key]["type"]
+            if args.eval_rows:
+                test = eval_subset(test, args.eval_rows, make_run(gbdt_run_of(params, key),
+                                                                  params))
+            t0 = time.perf_counter()
+            points = curve(key, train, test, params, args, scratch / task)
+            meta = {"task": task, "type": ttype, "n_train_available": len(train),
+                    "n_test": len(test), "cpu": cpu_model(), "seconds": round(
+                        time.perf_counter() - t0), "command": " ".join(sys.argv)}
+            write_json(args.out / f"{task}.json", {**meta, "points": points})
+            write_csv(args.out / f"{task}.csv", pd.DataFrame(
+                [{k: p[k] for k in ("method", "n_train", "seed", "value")} for p in points]))
+            print(markdown(task, points), flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``kind: table``: any clinical table declared in params (columns, statements, the task)."""
