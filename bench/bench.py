@@ -549,6 +549,19 @@ def gpu_section(path: Path) -> list[str]:
     return lines
 
 
+def previous_parts(out: Path) -> dict[str, Any]:
+    """The parts ``--only`` keeps: ``out``'s results.json, else the committed
+    ``bench/results.json`` (a new ``--out`` folder holds none yet); an error saying so when
+    neither exists."""
+    for path in (out / "results.json", ROOT / "bench" / "results.json"):
+        if path.is_file():
+            if path.parent != out:
+                print(f"--only: the other parts come from {path} ({out} has no results.json)")
+            return json.loads(path.read_text())["parts"]
+    raise SystemExit(f"--only keeps the other parts from a results.json, and neither {out} nor "
+                     "bench/ has one: run `make bench` (every part) first")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=sorted(PARTS))
@@ -563,7 +576,10 @@ def main() -> None:
                          "the others from results.json, then render")
     args = ap.parse_args()
     if args.render:
-        res = json.loads((Path(args.out) / "results.json").read_text())
+        src = Path(args.out) / "results.json"
+        if not src.is_file():
+            raise SystemExit(f"--render: no {src} to render (run `make bench` first)")
+        res = json.loads(src.read_text())
         parts = res.pop("parts")
         from clinlm.io import atomic_path
         with atomic_path(args.markdown) as tmp:
@@ -575,9 +591,7 @@ def main() -> None:
         return
     if not (BASE / "config.json").is_file():
         subprocess.run(["dvc", "repro", "base_model"], check=True, cwd=ROOT)
-    parts = {}
-    if args.only:
-        parts = json.loads((Path(args.out) / "results.json").read_text())["parts"]
+    parts = previous_parts(Path(args.out)) if args.only else {}
     parts.update({name: run_part(name, args.quick) for name in (args.only or PARTS)})
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(BASE)

@@ -74,13 +74,26 @@ def base_rate(run: Any) -> dict[str, Any]:
     if run.task_type == "classification":
         share = float((label.astype(str) == "Yes").mean()) if len(label) else float("nan")
         out.update(share_yes=_finite(share),
-                   text=f"{100 * share:.1f} % of the {len(label)} training cases were Yes")
+                   text=f"{100 * share:.1f} % of the {len(label)} training cases were Yes"
+                        + yes_means(run.task))
     else:
         y = pd.to_numeric(label, errors="coerce").dropna()
         out.update(mean=_finite(y.mean()), min=_finite(y.min()), max=_finite(y.max()),
                    text=f"training mean {y.mean():.1f}, range {y.min():.0f} to {y.max():.0f} "
                         f"({len(y)} training cases)")
     return out
+
+
+def yes_means(task: str) -> str:
+    """`` (Yes = <target> <positive label>, No = <the other>)`` for a table task, whose
+    labels are the user's own (its download.json says which one is answered Yes); "" else."""
+    from clinlm.paths import raw_dir
+
+    target = _read(raw_dir(task) / "download.json").get("target") or {}
+    if "positive_label" not in target:
+        return ""
+    return (f" (Yes = {target['column']} {target['positive_label']}, "
+            f"No = {target['negative_label']})")
 
 
 def headline_metric(run: Any, metrics_root: Path = Path("metrics")) -> dict[str, Any]:

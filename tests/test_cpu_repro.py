@@ -7,6 +7,12 @@ OpenBLAS's kernel family (``OPENBLAS_CORETYPE``: Sandybridge, AVX without FMA), 
 (``MKL_ENABLE_INSTRUCTIONS``), ATen's (``ATEN_CPU_CAPABILITY``) and oneDNN's
 (``ONEDNN_MAX_CPU_ISA``). These are the differences between two real CPUs (an
 AVX512-BF16 Zen and an AMX Xeon picked different kernels, and the committed metrics moved).
+
+Across machines: ``tests/data/cpu_repro_golden.json`` holds the data hashes and the tiny
+presets' predictions measured on the machine that committed it (its CPU is recorded there);
+every run of this file compares the native run against it, so CI on any other CPU (an
+AVX2-only EPYC, a Xeon with AMX) checks the same bytes and predictions to 1e-3.
+``CLINLM_WRITE_GOLDEN=1`` rewrites it (only after a change that moves the results on purpose).
 """
 
 from __future__ import annotations
@@ -20,6 +26,34 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+GOLDEN = ROOT / "tests" / "data" / "cpu_repro_golden.json"
+
+
+def cpu_name() -> str:
+    """This machine's CPU model name (/proc/cpuinfo), for the messages and the golden file."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines
+                      if line.startswith("flags")), []))
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({' '.join(simd) or 'no AVX2'})"
+
+
+def against_golden(part: str, value: dict) -> dict:
+    """The committed ``part`` of the golden file (rewritten from ``value`` with
+    CLINLM_WRITE_GOLDEN=1), with the CPU it was measured on."""
+    import torch
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("CLINLM_WRITE_GOLDEN") == "1":
+        golden[part] = value
+        golden[f"{part}_measured_on"] = {"cpu": cpu_name(), "torch": torch.__version__}
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    assert part in golden, f"{GOLDEN} has no {part!r}: write it with CLINLM_WRITE_GOLDEN=1"
+    return golden
 
 
 def narrow_env() -> dict[str, str]:
@@ -59,6 +93,10 @@ def test_synthetic_data_same_bytes_under_two_kernel_sets(tmp_path):
     assert set(native["data"]) >= {"noshow/appointments.csv", "vascular_age/subjects.parquet",
                                    "vascular_age/signals.npy"}
     assert native["data"] == narrow["data"]
+    golden = against_golden("data", native["data"])
+    assert native["data"] == golden["data"], (
+        f"the synthetic data's bytes differ from those committed on {golden['data_measured_on']}"
+        f" (this CPU: {cpu_name()})")
 
 
 @pytest.mark.slow
@@ -83,3 +121,10 @@ def test_default_presets_same_predictions_under_two_kernel_sets(tiny_llama, tmp_
         diff = max(abs(x - y) for x, y in zip(a["pred"], b["pred"], strict=True))
         scale = 1.0 if key.startswith("noshow") else max(abs(x) for x in a["pred"])
         assert diff <= 1e-3 * scale, (key, diff, a["pred"][:5], b["pred"][:5])
+    golden = against_golden("models", {k: v["pred"] for k, v in native["models"].items()})
+    for key, pred in golden["models"].items():
+        got = native["models"][key]["pred"]
+        scale = 1.0 if key.startswith("noshow") else max(abs(x) for x in pred)
+        diff = max(abs(x - y) for x, y in zip(got, pred, strict=True))
+        assert diff <= 1e-3 * scale, (f"{key}: {diff:.2e} from the predictions committed on "
+                                      f"{golden['models_measured_on']} (this CPU: {cpu_name()})")

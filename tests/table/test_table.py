@@ -318,3 +318,10 @@ def test_every_task_has_the_sections_dvc_reads():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, section in params["tasks"].items():
         assert not keys - set(section), (name, sorted(keys - set(section)))
+
+
+def test_the_page_says_what_yes_means(tmp_path, monkeypatch):
+    from clinlm.runinfo import yes_means
+    project(tmp_path, monkeypatch, "breast_cancer", BREAST)
+    assert yes_means("breast_cancer") == " (Yes = target malignant, No = benign)"
+    assert yes_means("noshow") == ""  # a built-in task's Yes is its own
