@@ -68,8 +68,8 @@ LIBRARY_SECTIONS = {"bnb": "bnb", "lora": "lora", "sft": "sft", "training": "tra
 class ModelCommon(Strict):
     """Keys every ``models.<m>`` section has; each method's config class adds its own."""
 
-    method: str
-    description: str = ""
+    method: str                # which method trains it (clinlm.methods.REGISTRY)
+    description: str = ""      # one line, shown in summaries and model cards
 
 
 # method -> its config class, by name: a method's keys and defaults live with the method,
@@ -104,31 +104,35 @@ def model_config_class(method: str) -> type[ModelCommon]:
 class VLMBaseConfig(Strict):
     """A vision-language base composed around a pretrained text model (``vlm_bases.<name>``)."""
 
-    architecture: Literal["idefics3"] = "idefics3"
-    text_model: str
+    architecture: Literal["idefics3"] = "idefics3"  # the SmolVLM layout: ViT -> pixel shuffle -> tokens
+    text_model: str                     # the base_models entry whose weights load exactly
     vision_config: dict[str, Any] = {}  # transformers Idefics3VisionConfig fields
-    scale_factor: PositiveInt = 4
-    dtype: str = "float32"
+    scale_factor: PositiveInt = 4       # pixel shuffle: image tokens = (image/patch)^2 / factor^2
+    dtype: str = "float32"              # the composed folder's weights dtype
 
 
 class BaseModelConfig(Strict):
     """``base_models.<name>``; ``revision`` / ``allow_patterns`` / ``ignore_patterns`` pin and
     filter a Hub download (``snapshot_download``'s own fields; an error for other sources)."""
 
-    source: str
-    dtype: str = "float32"
+    source: str              # embedded:smollm2 | a local folder | a Hub id (HF_TOKEN from the env)
+    dtype: str = "float32"   # the materialized weights' dtype
     revision: str | None = None              # a commit sha (pinned), tag or branch; null: main
     allow_patterns: list[str] | None = None  # e.g. [config.json, "*.safetensors", "tokenizer*"]
     ignore_patterns: list[str] | None = None  # e.g. ["original/*"]: Llama's second copy
 
 
 class RunSpec(Strict):
-    task: str
-    model: str
+    """One run of ``runs.<method>``: a task and a model entry (+ what they load)."""
+
+    task: str                # a tasks entry
+    model: str               # a models entry of this group's method
     base: str | None = None  # LLM runs: the base_models / vlm_bases entry the model loads
     llm: str | None = None       # stack runs: the model of the task's LLM run it combines
     baseline: str | None = None  # stack runs: the model of the task's gbdt run it combines
 
 
 class PredictStageConfig(Strict):
+    """``predict``: the decision rule every classification run shares."""
+
     threshold: float = Field(0.5, ge=0, le=1)  # p_yes >= threshold -> "Yes"

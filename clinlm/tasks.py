@@ -65,7 +65,7 @@ class _NoOptions(TaskConfig):
 # ---- the task section (every task) -------------------------------------------------
 
 class SplitConfig(Strict):
-    test_size: float = Field(0.2, gt=0, lt=1)
+    test_size: float = Field(0.2, gt=0, lt=1)  # the share of rows (of groups) held out for test
     group_by_patient: bool = True  # every patient on one side of the split
 
 
@@ -77,9 +77,9 @@ class PromptConfig(Strict):
     """The instruction and the question; ``{target}`` in either is replaced by ``target``
     (what the answer is, e.g. "vascular age" or "age": the name of the column you map)."""
 
-    system: str = ""
-    question: str = ""
-    target: str | None = None
+    system: str = ""             # the instruction (system turn; null: none at all)
+    question: str = ""           # asked after the statement (user turn)
+    target: str | None = None    # what the answer is, for {target}, e.g. vascular age
 
     @model_validator(mode="after")
     def _target_given(self) -> PromptConfig:
@@ -92,28 +92,28 @@ class PromptConfig(Strict):
 class AnswerConfig(Strict):
     """Regression answers: numeric decoding enumerates every integer in ``[min, max]``."""
 
-    min: int = Field(18, ge=0)
-    max: int = Field(110, ge=0)
+    min: int = Field(18, ge=0)   # the smallest possible answer (every method is bounded to it)
+    max: int = Field(110, ge=0)  # the largest possible answer
 
 
 class ImagesConfig(Strict):
-    width_px: PositiveInt = 768
-    height_px: PositiveInt = 512
+    width_px: PositiveInt = 768  # ECG paper PNG width (the vlm method's input)
+    height_px: PositiveInt = 512  # and height
 
 
 class TaskSection(Strict):
     """``tasks.<name>``: the keys every task has (download/statements: the task's own configs)."""
 
-    type: Literal["classification", "regression"]
+    type: Literal["classification", "regression"]  # binary Yes/No, or a number
     kind: str | None = Field(None, description="the task's code: null for a built-in task "
                                                "(its name), `table` for any clinical table")
     download: dict[str, Any] = {}    # validated by the task's own download_config
     statements: dict[str, Any] = {}  # validated by the task's own statements_config
-    split: SplitConfig = SplitConfig()
-    format: FormatConfig = FormatConfig()
-    prompt: PromptConfig = PromptConfig()
-    answer: AnswerConfig = AnswerConfig()
-    images: ImagesConfig = ImagesConfig()
+    split: SplitConfig = SplitConfig()      # the train/test split (its section)
+    format: FormatConfig = FormatConfig()   # the Cohere chat JSONL files (its section)
+    prompt: PromptConfig = PromptConfig()   # what every LLM is told and asked (its section)
+    answer: AnswerConfig = AnswerConfig()   # regression: the possible answers (its section)
+    images: ImagesConfig = ImagesConfig()   # vascular_age: the ECG PNGs (its section)
 
 
 class Task:

@@ -22,7 +22,7 @@ def _dtype_name(value: str | None) -> str | None:
 class PredictConfig(Strict):
     """How an LLM method scores rows (``models.<m>.predict``)."""
 
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt = 32       # rows scored per forward pass
     max_length: PositiveInt = 256      # prompt tokens kept (head: left truncation)
     # autocast while scoring; null = the training precision (training.bf16 / fp16), else none;
     # auto = bf16 where this machine computes it fast (clinlm.llm.precision), else none
@@ -41,10 +41,10 @@ class LaunchConfig(Strict):
     ``training.fsdp`` and ``training.fsdp_config`` (TrainingArguments' own fields)."""
 
     num_processes: PositiveInt = 1          # processes (GPUs) per machine
-    num_machines: PositiveInt = 1
+    num_machines: PositiveInt = 1           # machines (nodes) of a multi-node run
     machine_rank: NonNegativeInt = 0        # this machine's index (0 = the main one)
     main_process_ip: str | None = None      # the main machine's address (null = 127.0.0.1)
-    main_process_port: PositiveInt = 29500
+    main_process_port: PositiveInt = 29500  # the rendezvous port on the main machine
 
 
 class ValidationConfig(Strict):
@@ -72,7 +72,7 @@ class ValidationConfig(Strict):
 class LLMConfig(ModelCommon):
     """Keys every LLM method (sft, head, vlm) shares; the engine (``clinlm.llm``) reads them."""
 
-    base: str
+    base: str  # the base folder it loads, data/models/base/<base_models entry>
     # load dtype of the base (and of merged weights); null = the checkpoint's; auto = bf16
     # where this machine computes it fast, else float32 (clinlm.llm.precision)
     dtype: str | None = None
@@ -85,16 +85,16 @@ class LLMConfig(ModelCommon):
     # prepare_model_for_kbit_training upcast; auto = the 4-bit compute dtype (a bf16 stream
     # where bf16 is fast, as LLaMA-Factory's upcast_layernorm: false); null = float32
     non_quantized_dtype: str | None = None
-    max_train_rows: PositiveInt | None = None
-    torch_threads: PositiveInt | None = None
+    max_train_rows: PositiveInt | None = None  # a seeded, stratified subsample; null = all
+    torch_threads: PositiveInt | None = None   # null = every core in the process's affinity
     bnb: dict[str, Any] | None = None  # transformers.BitsAndBytesConfig fields
     lora: dict[str, Any]               # peft.LoraConfig fields
     training: dict[str, Any] = {}      # transformers.TrainingArguments fields
     # accelerate.utils.TorchDynamoPlugin fields, read when training.torch_compile is on,
     # e.g. use_regional_compilation (compile one decoder layer, reuse it for all), dynamic
     dynamo: dict[str, Any] = {}
-    predict: PredictConfig = PredictConfig()
-    launch: LaunchConfig = LaunchConfig()
-    validation: ValidationConfig = ValidationConfig()
+    predict: PredictConfig = PredictConfig()           # how rows are scored (its section)
+    launch: LaunchConfig = LaunchConfig()              # processes / machines (its section)
+    validation: ValidationConfig = ValidationConfig()  # scored while training (its section)
 
     _check_dtype = field_validator("dtype", "non_quantized_dtype")(_dtype_name)

@@ -77,9 +77,11 @@ META_FILE = "head.json"
 
 class HeadModelConfig(LLMConfig):
     method: Literal["head"]
-    class_weights: Literal["balanced"] | None = None
+    class_weights: Literal["balanced"] | None = None  # balanced: inverse class frequency (classification)
+    # probe: start at a linear probe of the base's pooled states (LP-FT); random; auto: probe
+    # for regression, random for classification
     head_init: Literal["auto", "probe", "random"] = "auto"
-    head_init_rows: PositiveInt = 1000
+    head_init_rows: PositiveInt = 1000  # training rows the probe is fitted on (one forward pass)
 
 
 @dataclass

@@ -62,16 +62,16 @@ class VLMPredictConfig(PredictConfig):
 
 
 class ImageAugmentConfig(Strict):
-    augment: bool = True
+    augment: bool = True                          # random zoom and shift while training (no flips)
     max_shift: float = Field(0.02, ge=0, lt=0.5)  # fraction of the image size
-    max_scale: float = Field(0.05, ge=0, lt=0.5)
+    max_scale: float = Field(0.05, ge=0, lt=0.5)  # zoom in or out by up to this fraction
     dir: str | None = None                        # default: data/interim/<task>/images
 
 
 class VLMModelConfig(LLMConfig):
     method: Literal["vlm"]
     predict: VLMPredictConfig = VLMPredictConfig()
-    image: ImageAugmentConfig = ImageAugmentConfig()
+    image: ImageAugmentConfig = ImageAugmentConfig()  # the ECG pictures (its section)
     prompt_template: str | None = None  # null = clinlm.methods.vlm.DEFAULT_TEMPLATE
     ecg_text: bool = False              # also give the ECG sentence as text
 
