@@ -134,6 +134,9 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
                 raise ParamsError(f"{where}: model {spec['model']!r} is method "
                                   f"{model['method']!r}; put the run in runs.{model['method']}")
             _check_run_base(params, where, spec, model, llm=method in C.LLM_METHODS)
+            if method == "vlm" and (params["tasks"][spec["task"]] or {}).get("kind") == "table":
+                raise ParamsError(f"{where}: the vlm method reads ECG pictures, and task "
+                                  f"{spec['task']!r} (kind: table) has none; use sft or head")
             if method in C.LLM_METHODS:
                 from clinlm.llm.validation import check_metric
                 try:

@@ -325,3 +325,15 @@ def test_the_page_says_what_yes_means(tmp_path, monkeypatch):
     project(tmp_path, monkeypatch, "breast_cancer", BREAST)
     assert yes_means("breast_cancer") == " (Yes = target malignant, No = benign)"
     assert yes_means("noshow") == ""  # a built-in task's Yes is its own
+
+
+def test_vlm_on_a_table_is_refused_with_the_reason():
+    from ruamel.yaml import YAML
+
+    from tests.conftest import ROOT
+    params = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    params["runs"]["vlm"] = {"bc-vlm": {"task": "breast_cancer", "model": "smolvlm-ecg",
+                                        "base": "smolvlm-ecg"}}
+    with pytest.raises(ParamsError, match=r"runs\.vlm\.bc-vlm: the vlm method reads ECG "
+                                          r"pictures, and task 'breast_cancer' \(kind: table\)"):
+        validate(params, library_models=[])
