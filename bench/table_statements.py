@@ -35,7 +35,7 @@ def make_csv(path: Path, rows: int, cols: int, seed: int = 0) -> None:
             v = np.round(rng.lognormal(mean=j % 7, sigma=0.5, size=rows), 3).astype(str)
         v = np.where(rng.uniform(size=rows) < 0.05, "", v)
         data[f"var_{j:03d}"] = v
-    data["outcome"] = rng.choice(["event", "none"], rows)
+    data["outcome"] = rng.choice(["event", "no_event"], rows)
     pd.DataFrame(data).to_csv(path, index=False)
 
 

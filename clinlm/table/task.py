@@ -292,6 +292,8 @@ class TableTask(Task):
         norm = normalise(txt)
         counts = norm[~gone].value_counts()
         labels = sorted(counts.index)
+        if len(labels) != 2:  # report the bad cells first (a label read as a missing marker)
+            problems.raise_all()
         if len(labels) < 2:
             raise DataError(where, f"the target has one label only ({labels}): nothing to "
                                    "predict", column=col)

@@ -204,6 +204,15 @@ def test_bad_targets(tmp_path, target, match):
         get_task("t", cfg).download(cfg, 0, tmp_path / "raw")
 
 
+def test_a_label_read_as_missing_is_reported_as_such(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": range(4), "sepsis": ["yes", "none", "yes", "none"]}).to_csv(path,
+                                                                                 index=False)
+    cfg = csv_task(path)  # "none" is a missing-value marker: say so, not "one label only"
+    with pytest.raises(DataError, match=r"row 2, column 'sepsis': missing target"):
+        get_task("t", cfg).download(cfg, 0, tmp_path / "raw")
+
+
 def test_positive_label_is_declared(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"x": range(6), "sepsis": [0, 1] * 3}).to_csv(path, index=False)
