@@ -332,8 +332,14 @@ class TableTask(Task):
         if not path.is_file():
             raise DataError(path, f"not found: run the pipeline's download stage for "
                                   f"{self.name} first (dvc repro download@{self.name})")
-        spec = json.loads(path.read_text())
-        return [Column.from_record(r) for r in spec["columns"]], spec
+        key = (str(path), path.stat().st_mtime_ns)  # read once per file version (serve)
+        cache = self.__dict__.setdefault("_spec_cache", {})
+        if key not in cache:
+            spec = json.loads(path.read_text())
+            cache.clear()
+            cache[key] = ([Column.from_record(r) for r in spec["columns"]], spec)
+        used, spec = cache[key]
+        return [Column.from_record(c.record()) for c in used], spec  # callers may edit theirs
 
     def build_table(self, cfg: Mapping[str, Any], raw_dir: Path) -> pd.DataFrame:
         """``id, group, statement, label, f_*`` from the raw folder."""
