@@ -16,6 +16,14 @@ seed. Below 10 leaves' worth of rows, gbdt's ``min_samples_leaf`` is scaled to `
 baseline that cannot learn would flatter the LLM. ``--kaggle FILE`` adds the real no-show table (the noshow task on that file, split as in
 params, in a scratch folder).
 
+The LLM points are the expensive ones, so a curve is built in several calls: ``--resume``
+keeps the points already in ``<out>/<task>.json`` and computes only the missing (method, rows,
+seed) points (gbdt, seconds per point, is refitted every time and gives the same numbers);
+``--llm-seeds K --llm-seeds-max-rows N`` trains the LLMs on K subsamples where the curve has
+at most N rows (where a point's spread between subsamples is largest), one above;
+``--llm-max-rows N`` leaves the LLMs out above N rows (the Kaggle table's 88,000 training
+rows are days of CPU fine-tuning; the cap is recorded in the JSON).
+
 Writes ``<out>/<task>.json`` (every point), ``<out>/<task>.csv`` (one row per method, size and
 seed: the ``dvc plots`` curve) and prints a markdown table per task.
 """
@@ -81,8 +89,18 @@ def fit_predict(run: Run, train: pd.DataFrame, test: pd.DataFrame, threshold: fl
     return pred, round(time.perf_counter() - t0, 1)
 
 
+def llm_seeds(n: int, n_all: int, args) -> int:
+    """How many subsamples the LLMs train on at ``n`` rows (0: no LLM point at this size)."""
+    if args.llm_max_rows is not None and n > args.llm_max_rows:
+        return 0
+    few = args.llm_seeds_max_rows is None or n <= args.llm_seeds_max_rows
+    return 1 if n >= n_all else args.llm_seeds if few else 1
+
+
 def curve(task: str, train: pd.DataFrame, test: pd.DataFrame, params: dict, args,
-          scratch: Path) -> list[dict[str, Any]]:
+          scratch: Path, done: set[tuple[str, int, int]] = frozenset()) -> list[dict[str, Any]]:
+    """Every point of one task's curve not in ``done`` ((method, rows, seed) kept from an
+    earlier call): gbdt at every size and seed, each LLM where :func:`llm_seeds` says."""
     base = make_run(gbdt_run_of(params, task), params)
     ttype = base.task_type
     metric = METRIC[ttype]
@@ -99,8 +117,12 @@ def curve(task: str, train: pd.DataFrame, test: pd.DataFrame, params: dict, args
                 gcfg["hist_gbdt"]["min_samples_leaf"] = leaf = max(2, n // 20)
             brun = dataclasses.replace(variant_run(base, scratch / f"gbdt-{n}-{seed}", cfg=gcfg),
                                        seed=base.seed + seed)
+            llms = [m for m in args.llm if seed < llm_seeds(n, len(train), args)
+                    and (m, n, seed) not in done]
+            if (("gbdt", n, seed) in done) and not llms:
+                continue  # nothing new at this point: not even gbdt's seconds are spent
             preds = {"gbdt": fit_predict(brun, rows, test, threshold)}
-            for llm in args.llm if seed < args.llm_seeds else []:
+            for llm in llms:
                 lrun = dataclasses.replace(
                     variant_run(base, scratch / f"{llm}-{n}-{seed}", model=llm,
                                 cfg=params["models"][llm], max_train_rows=None),
@@ -122,6 +144,22 @@ def curve(task: str, train: pd.DataFrame, test: pd.DataFrame, params: dict, args
                 points.append(point)
                 print(json.dumps(point), flush=True)
     return points
+
+
+def point_key(p: dict[str, Any]) -> tuple[str, int, int]:
+    return (p["method"], int(p["n_train"]), int(p["seed"]))
+
+
+def read_points(path: Path, n_test: int) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The points of an earlier call (``--resume``), keyed by (method, rows, seed); none when
+    the file is absent. Points scored on other test rows cannot share a curve: an error."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("n_test") != n_test:
+        raise SystemExit(f"{path}: scored on {data.get('n_test')} test rows, this call on "
+                         f"{n_test}; --resume needs the same test rows (or a new --out)")
+    return {point_key(p): p for p in data["points"]}
 
 
 def markdown(task: str, points: list[dict[str, Any]]) -> str:
@@ -146,6 +184,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="subsamples per size below all rows")
     ap.add_argument("--llm", action="append", default=[], help="models.<name> of an LLM")
     ap.add_argument("--llm-seeds", type=int, default=1, help="subsamples the LLMs train on")
+    ap.add_argument("--llm-seeds-max-rows", type=int, default=None,
+                    help="--llm-seeds only up to this many rows (one subsample above)")
+    ap.add_argument("--llm-max-rows", type=int, default=None,
+                    help="no LLM point above this many rows (default: every size)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the points already in <out>/<task>.json; compute the others")
     ap.add_argument("--eval-rows", type=int, default=None, help="test rows (default: all)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fewshot")
@@ -167,11 +211,19 @@ def main() -> None:
             if args.eval_rows:
                 test = eval_subset(test, args.eval_rows, make_run(gbdt_run_of(params, key),
                                                                   params))
+            old = read_points(args.out / f"{task}.json", len(test)) if args.resume else {}
             t0 = time.perf_counter()
-            points = curve(key, train, test, params, args, scratch / task)
+            new = curve(key, train, test, params, args, scratch / task, set(old))
+            points = sorted({**old, **{point_key(p): p for p in new}}.values(), key=lambda p: (
+                p["n_train"], p["seed"], p["method"] != "gbdt", p["method"]))
             meta = {"task": task, "type": ttype, "n_train_available": len(train),
                     "n_test": len(test), "cpu": cpu_model(), "seconds": round(
-                        time.perf_counter() - t0), "command": " ".join(sys.argv)}
+                        time.perf_counter() - t0), "command": " ".join(sys.argv),
+                    "llm_max_rows": args.llm_max_rows}
+            if old:  # which calls made the curve, each with its machine
+                prev = json.loads((args.out / f"{task}.json").read_text())
+                meta["earlier_calls"] = [*prev.get("earlier_calls", []), {
+                    k: prev.get(k) for k in ("command", "cpu", "seconds")}]
             write_json(args.out / f"{task}.json", {**meta, "points": points})
             write_csv(args.out / f"{task}.csv", pd.DataFrame(
                 [{k: p[k] for k in ("method", "n_train", "seed", "value")} for p in points]))

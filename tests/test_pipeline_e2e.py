@@ -2,8 +2,8 @@
 
 Runs every stage for real (embedded SmolLM2 materialized from its GGUF, QLoRA training on a
 few rows, batched prediction, GBDT baseline, stacks, evaluate, compare), then checks the
-metrics files (the two scikit-learn tables through sft, head, gbdt and stack too, and a wide
-table selected by pattern: issue 28), that `dvc status` is clean, and that a LoRA change reruns train and later stages
+metrics files (the two scikit-learn tables through an LLM method, gbdt and the stack too:
+issue 28), that `dvc status` is clean, and that a LoRA change reruns train and later stages
 only. The LLM runs train and predict on the 2-layer ``tiny_llama`` base (materialized by the
 same base_model stage, as a local folder): the stages, files and DVC graph are the default's,
 the compute seconds. The real SmolLM2 folder the GGUF stage writes is checked on its own: it
@@ -53,40 +53,20 @@ def sh(cmd: list[str], cwd: Path) -> str:
     return r.stdout
 
 
-TABLES = ("breast_cancer", "diabetes")
+#: issue 28 in the same project: a params block each, no code; one LLM method per table (the
+#: other pairing, head classification and sft regression, runs on the built-in tasks), and the
+#: stack of that LLM with gbdt. Column selection by pattern: tests/table/test_table.py.
+TABLE_RUNS = {"breast_cancer": ("sft", "smollm2-sft"), "diabetes": ("head", "smollm2-head")}
 
 
-def add_table_runs(params: dict, dst: Path) -> None:
-    """Issue 28 in the same project: every method on the two scikit-learn tables (a params
-    block each, no code), and a wide synthetic table selected by pattern (gbdt)."""
-    wide_table(dst / "wide.csv")
-    params["tasks"]["wide"] = {
-        "kind": "table", "type": "classification", "answer": {},
-        "download": {"source": "csv", "csv_path": "wide.csv", "id_column": "rec",
-                     "target_column": "afib", "positive_label": "AF", "include": ["chV*_*"]},
-        "prompt": {"system": "Answer Yes or No.", "question": "Atrial fibrillation?"},
-        "statements": {}, "split": {}, "format": {}}  # DVC reads each section: {} = defaults
-    base = {"base": "smollm2-135m-instruct"}  # on_tiny_base repoints it
+def add_table_runs(params: dict) -> None:
+    """The scikit-learn tables' LLM and stack runs (their gbdt runs are in params.yaml)."""
     runs = params["runs"]
-    for t in TABLES:
-        runs["sft"][f"{t}-sft"] = {"task": t, "model": "smollm2-sft", **base}
-        runs["head"][f"{t}-head"] = {"task": t, "model": "smollm2-head", **base}
-    runs["gbdt"]["wide-gbdt"] = {"task": "wide", "model": "gbdt"}
-    runs["stack"]["breast_cancer-stack"] = {"task": "breast_cancer", "model": "stack",
-                                            "llm": "smollm2-sft", "baseline": "gbdt"}
-    runs["stack"]["diabetes-stack"] = {"task": "diabetes", "model": "stack",
-                                       "llm": "smollm2-head", "baseline": "gbdt"}
-
-
-def wide_table(path: Path, n: int = 120) -> None:
-    """ECG-export-like: 6 leads x 40 measurements, an id, a free-text note, a binary label."""
-    rng = np.random.default_rng(1)
-    cols = {f"chV{lead}_{k}": rng.normal(size=n).round(3) for lead in range(1, 7)
-            for k in range(40)}
-    df = pd.DataFrame({"rec": [f"r{i}" for i in range(n)], **cols,
-                       "comment": [f"note {i}" for i in range(n)]})
-    df["afib"] = np.where(df["chV1_0"] + rng.normal(scale=0.5, size=n) > 0, "AF", "SR")
-    df.to_csv(path, index=False)
+    for task, (method, model) in TABLE_RUNS.items():
+        runs[method][f"{task}-{method}"] = {"task": task, "model": model,
+                                            "base": "smollm2-135m-instruct"}  # on_tiny_base
+        runs["stack"][f"{task}-stack"] = {"task": task, "model": "stack", "llm": model,
+                                          "baseline": "gbdt"}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +81,7 @@ def repo(tmp_path_factory, tiny_llama) -> Path:
         m = params["models"][name]
         m["max_train_rows"] = 8
         m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
-    add_table_runs(params, dst)
+    add_table_runs(params)
     on_tiny_base(params, tiny_llama)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dst)
@@ -149,31 +129,21 @@ def test_vascular_age_metrics_and_images(repo):
 
 def test_table_tasks_every_method_scored(repo):
     for task, metric in (("breast_cancer", "roc_auc"), ("diabetes", "mae")):
+        llm = TABLE_RUNS[task][1]
         split = json.loads((repo / f"data/processed/{task}/split.json").read_text())
-        for model in ("smollm2-sft", "smollm2-head", "gbdt", "stack"):
+        for model in (llm, "gbdt", "stack"):
             m = json.loads((repo / f"metrics/{task}/{model}.json").read_text())
             assert m["n_test"] == split["n_test"] and m["n_failed"] == 0, (task, model)
             assert np.isfinite(m[metric]), (task, model)
-        pred = pd.read_csv(repo / f"data/predictions/{task}/smollm2-sft.csv")
-        test = pd.read_parquet(repo / f"data/processed/{task}/test.parquet")
-        assert pred["id"].astype(str).tolist() == test["id"].tolist()  # every row, in order
-        if task == "diabetes":  # every answer inside the declared range
-            for model in ("smollm2-sft", "smollm2-head", "gbdt", "stack"):
-                p = pd.read_csv(repo / f"data/predictions/{task}/{model}.csv")
-                assert p["y_pred"].between(25, 346).all(), model
+            pred = pd.read_csv(repo / f"data/predictions/{task}/{model}.csv")
+            test = pd.read_parquet(repo / f"data/processed/{task}/test.parquet")
+            assert pred["id"].astype(str).tolist() == test["id"].tolist()  # every row, in order
+            if task == "diabetes":  # every answer inside the declared range
+                assert pred["y_pred"].between(25, 346).all(), model
     gbdt = json.loads((repo / "metrics/breast_cancer/gbdt.json").read_text())
     assert gbdt["roc_auc"] > 0.95  # the real table is easy for trees
     summary = (repo / "metrics/summary.md").read_text()
-    assert "## breast_cancer" in summary and "## diabetes" in summary and "## wide" in summary
-
-
-def test_wide_table_selected_by_pattern(repo):
-    info = json.loads((repo / "data/raw/wide/download.json").read_text())
-    assert len(info["used"]) == 240 and all(u["kind"] == "number" for u in info["used"])
-    reasons = {d["column"]: d["reason"] for d in info["dropped"]}
-    assert set(reasons) == {"rec", "comment", "afib"}
-    assert reasons["comment"].startswith("not mapped and matched by no include")
-    assert json.loads((repo / "metrics/wide/gbdt.json").read_text())["roc_auc"] > 0.6
+    assert "## breast_cancer" in summary and "## diabetes" in summary
 
 
 def test_predict_and_ask_a_table_run(repo, tmp_path):
@@ -194,12 +164,12 @@ def test_predict_and_ask_a_table_run(repo, tmp_path):
     assert got["status"].tolist() == ["ok", "refused", "ok"]
     assert got["p_yes"].notna().tolist() == [True, False, True]
     assert got.loc[1, "field"] == "mean radius" and "not a number" in got.loc[1, "error"]
-    answer = json.loads(sh([sys.executable, "-m", "clinlm", "ask", "--run", "diabetes-sft",
+    answer = json.loads(sh([sys.executable, "-m", "clinlm", "ask", "--run", "diabetes-head",
                             "--format", "json", "--field", "age=50", "--field", "bmi=31",
                             "--field", "s6=99"], repo))
     assert 25 <= answer["prediction"] <= 346
     assert "Not recorded:" in answer["statement"]
-    fields = sh([sys.executable, "-m", "clinlm", "ask", "--run", "diabetes-sft", "--list-fields"],
+    fields = sh([sys.executable, "-m", "clinlm", "ask", "--run", "diabetes-head", "--list-fields"],
                 repo)
     assert "Body mass index" in fields
 

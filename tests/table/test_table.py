@@ -346,3 +346,40 @@ def test_vlm_on_a_table_is_refused_with_the_reason():
     with pytest.raises(ParamsError, match=r"runs\.vlm\.bc-vlm: the vlm method reads ECG "
                                           r"pictures, and task 'breast_cancer' \(kind: table\)"):
         validate(params, library_models=[])
+
+
+def test_wide_table_selected_by_pattern(tmp_path, monkeypatch):
+    """An ECG-export-like table: 6 leads x 40 measurements taken by one pattern, an id and a
+    free-text column left out with their reasons; the baseline learns from the result."""
+    rng = np.random.default_rng(1)
+    n = 120
+    cols = {f"chV{lead}_{k}": rng.normal(size=n).round(3) for lead in range(1, 7)
+            for k in range(40)}
+    df = pd.DataFrame({"rec": [f"r{i}" for i in range(n)], **cols,
+                       "comment": [f"note {i}" for i in range(n)]})
+    df["afib"] = np.where(df["chV1_0"] + rng.normal(scale=0.5, size=n) > 0, "AF", "SR")
+    df.to_csv(tmp_path / "wide.csv", index=False)
+    cfg = {"kind": "table", "type": "classification", "answer": {},
+           "prompt": {"question": "Atrial fibrillation?"},
+           "download": {"source": "csv", "csv_path": str(tmp_path / "wide.csv"),
+                        "id_column": "rec", "target_column": "afib", "positive_label": "AF",
+                        "include": ["chV*_*"]}}
+    task, raw = project(tmp_path, monkeypatch, "wide", cfg)
+    info = json.loads((raw / "download.json").read_text())
+    assert len(info["used"]) == 240 and all(u["kind"] == "number" for u in info["used"])
+    reasons = {d["column"]: d["reason"] for d in info["dropped"]}
+    assert set(reasons) == {"rec", "comment", "afib"}
+    assert reasons["comment"].startswith("not mapped and matched by no include")
+    table = task.build_table(cfg, raw)
+    assert table.shape == (120, 4 + 240) and table["id"].iloc[0] == "r0"
+
+    from clinlm.methods import get_method
+    from clinlm.methods.base import Run
+    run = Run(task="wide", model="gbdt", task_type="classification", seed=0,
+              cfg={"method": "gbdt", "hist_gbdt": {"max_iter": 50, "min_samples_leaf": 5}},
+              task_cfg=cfg, model_dir=tmp_path / "m", data_dir=tmp_path)
+    gbdt = get_method("gbdt")
+    gbdt.train(run, table.iloc[:90])
+    pred = gbdt.predict(run, table.iloc[90:])
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(table["label"].iloc[90:] == "Yes", pred["p_yes"]) > 0.7
