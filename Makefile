@@ -28,11 +28,17 @@ install-dev: $(DEV_STAMP)  ## + the test and lint tools (pinned: requirements-de
 repro: $(STAMP)  ## run the whole pipeline on the embedded default (offline)
 	. $(BIN)/activate && dvc repro
 
+# Two pytest workers (pytest-xdist), one test file each at a time (--dist loadfile: a module's
+# end-to-end project is built once): the suite is one core's work per test, so the second core
+# halves its time. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+PYTEST := python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(DEV_STAMP)  ## the test suite (< 15 min on 2 cores)
-	. $(BIN)/activate && python -m pytest -q --durations=25 tests
+	. $(BIN)/activate && $(PYTEST) --durations=25 tests
 
 test-fast: $(DEV_STAMP)  ## unit tests only, without the `slow` ones (< 3 min on 2 cores)
-	. $(BIN)/activate && python -m pytest -q -m "not slow" tests
+	. $(BIN)/activate && $(PYTEST) -m "not slow" tests
 
 lint: $(DEV_STAMP)
 	. $(BIN)/activate && ruff check .

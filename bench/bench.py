@@ -135,7 +135,7 @@ def part_precision(quick: bool) -> dict[str, Any]:
 
 
 def _train_project(df, cfg, steps: int, out_dir: Path) -> dict[str, Any]:
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import SFTMethod
 
     timer = StepTimer()
@@ -157,7 +157,7 @@ def _train_seed(df, cfg, steps: int, out_dir: Path, **training: Any) -> dict[str
     from trl import SFTConfig, SFTTrainer
 
     from clinlm.llm.builders import build_bnb_config, build_lora_config, build_training_kwargs
-    from clinlm.llm.load import load_tokenizer
+    from clinlm.llm.tokenizer import load_tokenizer
     from clinlm.prompts import build_messages
 
     tok = load_tokenizer(cfg["base"], padding_side="right")
@@ -219,7 +219,7 @@ def part_predict(quick: bool) -> dict[str, Any]:
     import torch
 
     from clinlm.llm.scorer import Scorer
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import prompt_texts
 
     n_rows, n_gen = (32, 4) if quick else (PREDICT_ROWS, GENERATE_ROWS)
@@ -245,7 +245,8 @@ def part_predict(quick: bool) -> dict[str, Any]:
         # seed-style: 4-bit model + adapter (not merged), one generate() per row, parse text
         from peft import PeftModel
 
-        from clinlm.llm.load import load_model, load_tokenizer
+        from clinlm.llm.load import load_model
+        from clinlm.llm.tokenizer import load_tokenizer
         tok = load_tokenizer(adapter, padding_side="left")
         model = PeftModel.from_pretrained(load_model({**cfg, "dtype": "float32"}, "causal"),
                                           str(adapter)).eval()

@@ -2,7 +2,7 @@
 
 The run's LLM (``runs.<method>.<run>``, e.g. ``noshow-smollm2-sft``) is fine-tuned once over up
 to ``--max-rows`` training rows (the seeded, stratified subsample the train stage uses,
-``clinlm.methods.base.subsample``). The learning-rate schedule is planned for all of them; the
+``clinlm.methods.interface.subsample``). The learning-rate schedule is planned for all of them; the
 adapter is saved when the rows seen (optimizer steps x batch x accumulation x processes) pass
 each ``--checkpoints`` value, and training stops when ``--budget-minutes`` of training time are
 spent, saving a final checkpoint. So the curve is over rows seen WITHIN one run, not separate
@@ -76,7 +76,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from clinlm.io import write_csv, write_json  # noqa: E402
 from clinlm.methods import CLASSIFICATION, Run, get_method  # noqa: E402
-from clinlm.methods.base import subsample  # noqa: E402
+from clinlm.methods.interface import subsample  # noqa: E402
 
 # trainer checkpoint files a scored point does not need (optimizer, scheduler, RNG, state)
 RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",

@@ -50,7 +50,7 @@ from bench.budget_curve import cpu_model, eval_subset, variant_run  # noqa: E402
 from clinlm.bootstrap import compare_runs  # noqa: E402
 from clinlm.io import write_csv, write_json  # noqa: E402
 from clinlm.methods import get_method  # noqa: E402
-from clinlm.methods.base import Run, subsample  # noqa: E402
+from clinlm.methods.interface import Run, subsample  # noqa: E402
 from clinlm.params import load_params  # noqa: E402
 from clinlm.predict import predict_table  # noqa: E402
 from clinlm.runs import make_run  # noqa: E402

@@ -147,7 +147,7 @@ def vllm_blocked() -> str | None:
 def _train_project(df, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """bench.py's ``_train_project``, also returning how the Trainer ran (distributed type,
     world size, the dtype of the unquantized weights)."""
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import SFTMethod
 
     timer = B.StepTimer()
@@ -207,9 +207,10 @@ def predict(cfg: dict[str, Any], adapter: Path) -> dict[str, Any]:
     import torch
     from peft import PeftModel
 
-    from clinlm.llm.load import load_model, load_tokenizer
+    from clinlm.llm.load import load_model
     from clinlm.llm.scorer import Scorer
-    from clinlm.methods.base import Run
+    from clinlm.llm.tokenizer import load_tokenizer
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import prompt_texts
 
     df = B.rows(PREDICT_ROWS, seed=3)

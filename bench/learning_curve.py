@@ -40,7 +40,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from bench.budget_curve import eval_subset, variant_run  # noqa: E402
 from clinlm.io import write_json  # noqa: E402
 from clinlm.methods import get_method  # noqa: E402
-from clinlm.methods.base import subsample  # noqa: E402
+from clinlm.methods.interface import subsample  # noqa: E402
 from clinlm.metrics import classification_metrics, timing_path  # noqa: E402
 from clinlm.params import load_params  # noqa: E402
 from clinlm.paths import predictions_path  # noqa: E402

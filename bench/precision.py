@@ -181,7 +181,7 @@ def step_clock() -> tuple[Clock, Any]:
 def train_once(variant: dict[str, Any], df, out_dir: Path, steps: int) -> dict[str, Any]:
     """One short training through ``SFTMethod.train`` (``BATCH`` rows a step, ``df`` at least
     ``BATCH * steps`` rows); per-step figures after the warm-up."""
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import SFTMethod
 
     cfg = _cfg(variant, training={"max_steps": steps, "per_device_train_batch_size": BATCH,
@@ -205,7 +205,7 @@ def predict_once(variant: dict[str, Any], adapter: Path, prompts: list[str]) -> 
     import numpy as np
 
     from clinlm.llm.scorer import Scorer
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
 
     cfg = Run("noshow", "classification", "bench", _cfg(variant), adapter, adapter).cfg
     scorer = Scorer.from_run(adapter, cfg)
@@ -228,7 +228,7 @@ def measure(reps: int, quick: bool) -> dict[str, Any]:
     import numpy as np
 
     from bench.bench import rows
-    from clinlm.llm.load import load_tokenizer
+    from clinlm.llm.tokenizer import load_tokenizer
     from clinlm.methods.sft import prompt_texts
 
     timed = 1 if quick else TIMED_STEPS

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clinlm.io import write_json  # noqa: E402
-from clinlm.methods.base import Run  # noqa: E402
+from clinlm.methods.interface import Run  # noqa: E402
 from clinlm.methods.vlm import VLMMethod  # noqa: E402
 from clinlm.params import load_params  # noqa: E402
 from clinlm.paths import model_dir, predictions_path, processed_dir  # noqa: E402

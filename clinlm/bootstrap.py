@@ -11,6 +11,7 @@ drawn. Counts depend only on ``(n, seed, n_boot)``: a rerun gives the same inter
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,7 +20,8 @@ import pandas as pd
 
 Statistic = Callable[[np.ndarray], np.ndarray]  # (b, n) row weights -> (b,) values
 BLOCK = 100  # resamples per block: memory is BLOCK x n floats
-HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "mae": False}
+HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "mae": False, "accuracy": True,
+                    "macro_roc_auc": True, "log_loss": False}
 
 
 def resample_weights(n: int, n_boot: int, seed: int, block: int = BLOCK) -> Iterator[np.ndarray]:
@@ -81,9 +83,41 @@ def weighted_mae(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> np.nd
     return w @ np.abs(np.asarray(y_pred, float) - np.asarray(y_true, float)) / w.sum(axis=1)
 
 
+def weighted_macro_roc_auc(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The mean one-vs-rest ROC-AUC over classes for each row of weights ``w``: ``probs``
+    ``(n, k)``, ``y`` the true class index per row. A class absent from a resample (or all
+    of it) is left out of that resample's mean, as :func:`clinlm.metrics.multiclass_metrics`
+    leaves out a class absent from the test rows."""
+    per = np.stack([weighted_roc_auc(probs[:, k], y == k, w) for k in range(probs.shape[1])])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no class: NaN
+        return np.nanmean(per, axis=0)
+
+
+def weighted_accuracy(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The share of rows whose most probable class is the true one, per row of weights."""
+    w = np.atleast_2d(w)
+    return w @ (probs.argmax(axis=1) == y).astype(float) / w.sum(axis=1)
+
+
+def weighted_log_loss(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The mean of -log P(true class) (clipped like :data:`clinlm.metrics.LOG_EPS`)."""
+    from clinlm.metrics import LOG_EPS
+    w = np.atleast_2d(w)
+    loss = -np.log(np.clip(probs[np.arange(len(y)), y], LOG_EPS, 1.0))
+    return w @ loss / w.sum(axis=1)
+
+
 def task_statistics(task_type: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Statistic]:
     """The bootstrapped metrics of one model: ROC-AUC and PR-AUC of ``p_yes`` against
-    ``y_true == "Yes"`` (classification) or MAE of ``y_pred`` (regression)."""
+    ``y_true == "Yes"`` (classification), accuracy, macro ROC-AUC and log loss of the class
+    probabilities ``pred`` ``(n, k)`` against ``y_true``, the true class index (multiclass),
+    or MAE of ``y_pred`` (regression)."""
+    if task_type == "multiclass":
+        y = np.asarray(y_true, dtype=np.int64)
+        return {"accuracy": lambda w: weighted_accuracy(pred, y, w),
+                "macro_roc_auc": lambda w: weighted_macro_roc_auc(pred, y, w),
+                "log_loss": lambda w: weighted_log_loss(pred, y, w)}
     if task_type == "classification":
         y = np.asarray(y_true) == "Yes"
         return {"roc_auc": lambda w: weighted_roc_auc(pred, y, w),
@@ -116,8 +150,10 @@ def verdict(diff_interval: list[float], higher_is_better: bool) -> str:
     return "better" if (lo > 0) == higher_is_better else "worse"
 
 
-def aligned(preds: Mapping[str, pd.DataFrame], column: str) -> tuple[pd.Index, dict[str, np.ndarray], np.ndarray]:
-    """Every run's ``column`` on one common row order, matched by ``id``.
+def aligned(preds: Mapping[str, pd.DataFrame], column: str | list[str]
+            ) -> tuple[pd.Index, dict[str, np.ndarray], np.ndarray]:
+    """Every run's ``column`` (or columns: an ``(n, k)`` matrix each) on one common row order,
+    matched by ``id``.
 
     ``preds``: run name -> predictions CSV table (``id``, ``y_true``, ``column``), in any row
     order. A run with a duplicated id, or whose ids differ from the first run's, is an error
@@ -127,10 +163,11 @@ def aligned(preds: Mapping[str, pd.DataFrame], column: str) -> tuple[pd.Index, d
     names = list(preds)
     if not names:
         raise ValueError("no predictions to compare")
+    wanted = [column] if isinstance(column, str) else list(column)
     tables = {}
     for name, df in preds.items():
-        if column not in df.columns or "id" not in df.columns:
-            raise ValueError(f"{name}: predictions need columns id and {column}; "
+        if not set(wanted) <= set(df.columns) or "id" not in df.columns:
+            raise ValueError(f"{name}: predictions need columns id and {', '.join(wanted)}; "
                              f"got {list(df.columns)}")
         ids = df["id"].astype(str)
         dup = ids[ids.duplicated()]
@@ -149,7 +186,8 @@ def aligned(preds: Mapping[str, pd.DataFrame], column: str) -> tuple[pd.Index, d
                 f"{len(extra)} extra (e.g. {list(extra[:3])}); rerun its predict stage")
     ids = ref_ids.sort_values()
     values = {k: t.loc[ids, column].to_numpy(float) for k, t in tables.items()}
-    ok = np.logical_and.reduce([~np.isnan(v) for v in values.values()])
+    ok = np.logical_and.reduce([~np.isnan(v).reshape(len(ids), -1).any(axis=1)
+                                for v in values.values()])
     ids = ids[ok]
     return ids, {k: v[ok] for k, v in values.items()}, tables[ref].loc[ids, "y_true"].to_numpy()
 
@@ -157,11 +195,27 @@ def aligned(preds: Mapping[str, pd.DataFrame], column: str) -> tuple[pd.Index, d
 def compare_runs(task_type: str, preds: Mapping[str, pd.DataFrame], baseline: str | None,
                  n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per run: ``ci95`` of its metrics and, against ``baseline``, the paired ``vs_baseline``
-    difference (run - baseline) with its interval and verdict. Rows matched by ``id``."""
-    column = "p_yes" if task_type == "classification" else "y_pred"
+    difference (run - baseline) with its interval and verdict. Rows matched by ``id``.
+    Multiclass: the classes are the first run's ``p_<label>`` columns; every run needs the
+    same ones (an error naming the run otherwise)."""
+    if task_type == "multiclass":
+        from clinlm.metrics import labels_of, prob_columns
+        first = next(iter(preds))
+        labels = labels_of(preds[first].columns)
+        for name, df in preds.items():
+            if labels_of(df.columns) != labels:
+                raise ValueError(f"{name}: classes {labels_of(df.columns)} differ from "
+                                 f"{first}'s {labels}; rerun its train and predict stages")
+        column: str | list[str] = prob_columns(labels)
+    else:
+        column = "p_yes" if task_type == "classification" else "y_pred"
     ids, values, y = aligned(preds, column)
     if task_type == "regression":
         y = y.astype(float)
+    elif task_type == "multiclass":
+        y = pd.Index(labels).get_indexer(y.astype(str))
+        if (y < 0).any():
+            raise ValueError(f"a true label is not among the classes {labels}")
     stats = {(run, metric): f for run, v in values.items()
              for metric, f in task_statistics(task_type, y, v).items()}
     ones = np.ones((1, len(ids)))

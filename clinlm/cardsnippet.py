@@ -4,7 +4,8 @@ Why a module of its own: the snippet is code that ``tests/test_card_snippet.py``
 against a released folder and compares with ``clinlm predict`` (3 rows, 1e-3), so it must read
 the model the way the pipeline does -- the chat prompt of :mod:`clinlm.prompts` (``{target}``
 substituted), P(Yes) renormalised over the first tokens of Yes/No, ages digit by digit
-renormalised over the answer alphabet (:mod:`clinlm.llm.numeric`), the head's target scaler
+renormalised over the answer alphabet (:mod:`clinlm.llm.numeric`; any range and decimals), a
+multiclass run's labels each by its whole answer (:mod:`clinlm.llm.choices`), the head's target scaler
 from ``head.json``, answers bounded by the task's range -- and load the weights the pipeline
 scores with: the merged folder when released, else the adapter on the base quantized with the
 run's own ``BitsAndBytesConfig`` (an unquantised base is another model: p_yes 0.10-0.13 where
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clinlm.methods.base import CLASSIFICATION, Run
+from clinlm.methods.interface import CLASSIFICATION, MULTICLASS, Run, read_classes
 from clinlm.prompts import prompt_text
 
 _REPO_FILE = '''def repo_path(name=""):  # a file or folder of the repo: local folder, or from the Hub
@@ -25,10 +26,12 @@ _REPO_FILE = '''def repo_path(name=""):  # a file or folder of the repo: local f
     return os.path.join(snapshot_download(REPO), name)
 '''
 
-_SFT_PROMPT = '''def prompt(statement):  # the chat prompt the model was trained on
+_SFT_PROMPT = '''def prompt(statement, answer=None):  # the chat the model was trained on
     messages = ([] if SYSTEM is None else [{"role": "system", "content": SYSTEM}])
     messages.append({"role": "user", "content": statement + "\\n" + QUESTION})
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if answer is not None:  # the conversation with this answer, as in training
+        messages.append({"role": "assistant", "content": answer})
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
 '''
 
 _SFT_YES = '''def answer(statement):  # P(Yes): next token after the prompt, renormalised over Yes/No
@@ -39,23 +42,49 @@ _SFT_YES = '''def answer(statement):  # P(Yes): next token after the prompt, ren
     return torch.softmax(logits, 0)[0].item()
 '''
 
-_SFT_AGE = '''def answer(statement):  # the median of P(age), age in [LO, HI], digit by digit
+_SFT_AGE = '''def text(i):  # the answer i / 10**DEC as training wrote it: 67, 5.4, -0.5
+    if DEC == 0:
+        return str(i)
+    whole, frac = divmod(abs(i), 10 ** DEC)
+    return ("-" if i < 0 else "") + f"{whole}.{frac:0{DEC}d}"
+
+
+def answer(statement):  # the median of P(answer), every answer in [LO, HI], char by char
     ids = tok(prompt(statement), add_special_tokens=False)["input_ids"]
-    digits = [tok(d, add_special_tokens=False)["input_ids"][0] for d in "0123456789"]
-    alphabet = digits + [tok.eos_token_id]  # each step renormalised over digits + end
-    values = list(range(LO, HI + 1))
+    chars = "0123456789" + ("." if DEC else "") + ("-" if LO < 0 else "")
+    tokens = [tok(c, add_special_tokens=False)["input_ids"][0] for c in chars]
+    alphabet = tokens + [tok.eos_token_id]  # each step renormalised over these + end
+    values = [text(i) for i in range(round(LO * 10 ** DEC), round(HI * 10 ** DEC) + 1)]
     logp = {}
-    for width in sorted({len(str(v)) for v in values}):
-        group = [v for v in values if len(str(v)) == width]
-        seqs = torch.tensor([ids + [digits[int(c)] for c in str(v)] for v in group])
+    for width in sorted({len(v) for v in values}):
+        group = [v for v in values if len(v) == width]
+        seqs = torch.tensor([ids + [tokens[chars.index(c)] for c in v] for v in group])
         with torch.no_grad():
             steps = model(input_ids=seqs).logits[:, len(ids) - 1:, alphabet].double()
         lp = torch.log_softmax(steps, -1)
         for row, v in enumerate(group):
-            s = str(v)
-            logp[v] = sum(lp[row, k, int(c)].item() for k, c in enumerate(s)) + lp[row, len(s), 10].item()
+            logp[v] = (sum(lp[row, k, chars.index(c)].item() for k, c in enumerate(v))
+                       + lp[row, len(v), len(chars)].item())
     p = torch.softmax(torch.tensor([logp[v] for v in values], dtype=torch.float64), 0)
     return float(values[int((torch.cumsum(p, 0) < 0.5 - 1e-9).sum())])
+'''
+
+_SFT_LABELS = '''def answer(statement):  # P(label) of each label's whole answer, token by token
+    ids = tok(prompt(statement), add_special_tokens=False)["input_ids"]
+    eot = tok.eos_token_id
+    seqs = []  # each answer's tokens after the prompt, cut after the end of turn
+    for t in TEXTS:
+        s = tok(prompt(statement, t), add_special_tokens=False)["input_ids"][len(ids):]
+        seqs.append(s[:s.index(eot) + 1] if eot in s else s)
+    alphabet = sorted({t for s in seqs for t in s})  # each step renormalised over these
+    logp = []
+    for s in seqs:
+        with torch.no_grad():
+            steps = model(input_ids=torch.tensor([ids + s[:-1]])).logits[0, len(ids) - 1:]
+        lp = torch.log_softmax(steps[:, alphabet].double(), -1)
+        logp.append(sum(lp[k, alphabet.index(t)].item() for k, t in enumerate(s)))
+    p = torch.softmax(torch.tensor(logp, dtype=torch.float64), 0)
+    return dict(zip(LABELS, p.tolist()))
 '''
 
 _HEAD = '''head = json.load(open(repo_path("head.json")))  # question, target scaler, max_length
@@ -70,14 +99,26 @@ def answer(statement):  # {what}
 {tail}'''
 _HEAD_YES = '''    return torch.softmax(out, 0)[head["labels"]["Yes"]].item()
 '''
+_HEAD_LABELS = '''    labels = sorted(head["labels"], key=head["labels"].get)  # output i -> its label
+    return dict(zip(labels, torch.softmax(out, 0).tolist()))
+'''
 _HEAD_AGE = '''    y = out[0].item() * head["scaler"]["std"] + head["scaler"]["mean"]
     return min(max(y, LO), HI)  # the task's answer range, as the pipeline bounds it
 '''
 
 
+def _range_line(ans: dict[str, Any]) -> str:
+    """``LO, HI, DEC = ...``: the answer range and decimals, as the task declares them."""
+    lo, hi, dec = ans["min"], ans["max"], int(ans.get("decimals") or 0)
+    if dec == 0:
+        lo, hi = int(lo), int(hi)
+    return f"LO, HI, DEC = {lo!r}, {hi!r}, {dec}  # the answer range, as the pipeline bounds it"
+
+
 def use_snippet(run: Run, repo_id: str, merged: bool) -> list[str]:
     """The lines of the card's Python block (see module docstring)."""
     method, cls = run.cfg["method"], run.task_type == CLASSIFICATION
+    multi = run.task_type == MULTICLASS
     ans = run.task_cfg["answer"]
     auto = "AutoModelForCausalLM" if method == "sft" else "AutoModelForSequenceClassification"
     lines = ["import json", "import os", "", "import torch",
@@ -89,14 +130,15 @@ def use_snippet(run: Run, repo_id: str, merged: bool) -> list[str]:
         if quantized:
             lines.append("from transformers import BitsAndBytesConfig")
     lines += ["", f"REPO = {repo_id!r}  # or the local folder it was downloaded to",
-              f"LO, HI = {int(ans['min'])}, {int(ans['max'])}", "", _REPO_FILE]
+              _range_line(ans), "", _REPO_FILE]
     if merged:
         lines += ["# the merged weights the pipeline scores with (no peft, no bitsandbytes)",
                   'tok = AutoTokenizer.from_pretrained(repo_path("merged"))',
                   f'model = {auto}.from_pretrained(repo_path("merged"), '
                   'dtype=torch.float32).eval()']
     else:
-        kw = [] if method == "sft" else [f"num_labels={2 if cls else 1}"]
+        n_labels = len(read_classes(run.model_dir)["labels"]) if multi else 2 if cls else 1
+        kw = [] if method == "sft" else [f"num_labels={n_labels}"]
         lines += ["# the base the adapter was trained on, from adapter_config.json",
                   'BASE = json.load(open(repo_path("adapter_config.json")))'
                   '["base_model_name_or_path"]']
@@ -118,11 +160,17 @@ def use_snippet(run: Run, repo_id: str, merged: bool) -> list[str]:
     lines.append("")
     if method == "sft":
         lines += [f"SYSTEM = {prompt_text(run.task_cfg, 'system')!r}",
-                  f"QUESTION = {prompt_text(run.task_cfg, 'question')!r}", "", "",
-                  _SFT_PROMPT, "", _SFT_YES if cls else _SFT_AGE]
+                  f"QUESTION = {prompt_text(run.task_cfg, 'question')!r}"]
+        if multi:
+            classes = read_classes(run.model_dir)
+            lines += [f"LABELS = {classes['labels']!r}",
+                      f"TEXTS = {classes['texts']!r}  # what the model answers for each label"]
+        lines += ["", "", _SFT_PROMPT, "",
+                  _SFT_LABELS if multi else _SFT_YES if cls else _SFT_AGE]
     else:
-        lines += ["", _HEAD.format(what="P(Yes)" if cls else "the age in years",
-                                   tail=_HEAD_YES if cls else _HEAD_AGE)]
+        what = ("P(each label)" if multi else "P(Yes)" if cls else "the number")
+        lines += ["", _HEAD.format(what=what, tail=_HEAD_LABELS if multi else
+                                   _HEAD_YES if cls else _HEAD_AGE)]
     lines += ["", 'print(answer("<one statement, written as in the training data>"))']
     return "\n".join(lines).split("\n")
 

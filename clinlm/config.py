@@ -6,8 +6,8 @@ unknown keys are errors). Each lives with the code it configures:
 * pipeline-level sections (runs, base models, predict threshold): here;
 * a task's sections (split, prompt, answer, ...): ``clinlm.tasks.TaskSection``, and its
   download/statements sections the task's own ``download_config`` / ``statements_config``;
-* a model entry: its method's config class (``METHOD_CONFIGS``), the LLM methods' shared
-  keys in ``clinlm.llm.config``.
+* a model entry: its method's config class (the method class's ``config``, through
+  ``clinlm.methods.model_config_class``), the LLM methods' shared keys in ``clinlm.llm.config``.
 
 ``clinlm.params`` validates params.yaml against them; a ``Run`` carries its model and task
 sections as plain dicts with every default filled in, so code never needs ``.get(key, default)``.
@@ -72,20 +72,6 @@ class ModelCommon(Strict):
     description: str = ""      # one line, shown in summaries and model cards
 
 
-# method -> its config class, by name: a method's keys and defaults live with the method,
-# and importing this module imports no method (so a stage depends only on its own method)
-METHOD_CONFIGS: dict[str, str] = {
-    "sft": "clinlm.methods.sft:SFTModelConfig",
-    "head": "clinlm.methods.head:HeadModelConfig",
-    "vlm": "clinlm.methods.vlm:VLMModelConfig",
-    "gbdt": "clinlm.methods.gbdt:GBDTModelConfig",
-    "cohere": "clinlm.cohere_client:CohereModelConfig",
-    "stack": "clinlm.methods.stack:StackModelConfig",
-}
-METHODS = tuple(METHOD_CONFIGS)
-LLM_METHODS = ("sft", "head", "vlm")
-
-
 def import_object(registry: Mapping[str, str], name: str, what: str) -> Any:
     """``registry[name]`` (``"module:attribute"``) imported: registries name their entries as
     strings so that importing a registry imports none of them."""
@@ -94,11 +80,6 @@ def import_object(registry: Mapping[str, str], name: str, what: str) -> Any:
         raise KeyError(f"unknown {what} {name!r}; known: {', '.join(sorted(registry))}")
     module, attr = registry[name].split(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def model_config_class(method: str) -> type[ModelCommon]:
-    """The typed config of ``models.<m>`` for ``method``."""
-    return import_object(METHOD_CONFIGS, method, "method")
 
 
 class VLMBaseConfig(Strict):

@@ -11,7 +11,8 @@ checks the answers match the adapter path).
 * ``sft`` runs -> ``AutoModelForCausalLM`` (answers read as the pipeline reads them:
   P(Yes) from the next token after the chat prompt; ages digit by digit);
 * ``head`` runs -> ``AutoModelForSequenceClassification`` with the trained head
-  (``id2label`` No/Yes; a regression head outputs the standardised target: ``head.json``,
+  (``id2label`` No/Yes, or the classes of a multiclass run; a regression head outputs the
+  standardised target: ``head.json``,
   copied beside the weights, holds the mean/std to undo it).
 
 A command, not a DVC stage: an export is a derived artifact on demand (a few GB for an 8B
@@ -22,38 +23,26 @@ end); an existing export of the same adapter is kept.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from clinlm.methods.base import CLASSIFICATION, Run
+from clinlm.methods.interface import Run
 
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("sft", "head")
-
-
 def export_kind(run: Run) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """(load_model kind, from_pretrained kwargs, extra files) of a trained run's export."""
-    method = run.cfg["method"]
-    if method == "sft":
-        return "causal", {}, {}
-    if method == "head":
-        from clinlm.llm.load import load_tokenizer
-        from clinlm.methods.head import LABELS, META_FILE, _head_kwargs
+    """(load_model kind, from_pretrained kwargs, extra files) of a trained run's export: its
+    method's :meth:`~clinlm.methods.interface.Method.export_spec`, for an ``exportable`` method."""
+    from clinlm.methods import get_method, method_class, method_names
 
-        meta_path = run.model_dir / META_FILE
-        meta = json.loads(meta_path.read_text())
-        kw = _head_kwargs(meta["task_type"], int(meta["num_labels"]),
-                          load_tokenizer(run.model_dir).pad_token_id)
-        if meta["task_type"] == CLASSIFICATION:
-            kw["label2id"] = dict(LABELS)
-            kw["id2label"] = {i: name for name, i in LABELS.items()}
-        return "seq_cls", kw, {META_FILE: meta_path.read_text()}
-    raise ValueError(f"{run.model}: method {method!r} has no merged export "
-                     f"(exportable: {', '.join(EXPORTABLE)})")
+    method = get_method(run.cfg["method"])
+    if not method.exportable:
+        ok = [m for m in method_names() if method_class(m).exportable]
+        raise ValueError(f"{run.model}: method {method.name!r} has no merged export "
+                         f"(exportable: {', '.join(ok)})")
+    return method.export_spec(run)
 
 
 def check_trained(run: Run) -> None:

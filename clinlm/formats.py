@@ -13,9 +13,17 @@ COHERE_ROLES = {"system": "System", "user": "User", "assistant": "Chatbot"}
 
 
 def chat_records(df: pd.DataFrame, task_cfg: dict, task_type: str) -> list[dict]:
-    """One ``{"id", "messages": [system, user, assistant]}`` record per row."""
+    """One ``{"id", "messages": [system, user, assistant]}`` record per row; the answer as
+    the local methods train on it (a multiclass label's declared text, a number rounded to
+    ``answer.decimals``)."""
+    from clinlm.tasks import AnswerConfig
+
+    answer = AnswerConfig.model_validate(task_cfg.get("answer") or {})  # labels as text
+    texts = answer.labels if isinstance(answer.labels, dict) else None
+    decimals = answer.decimals
     return [
-        {"id": i, "messages": build_messages(s, task_cfg, format_answer(y, task_type))}
+        {"id": i, "messages": build_messages(s, task_cfg, format_answer(y, task_type, texts,
+                                                                       decimals))}
         for i, s, y in zip(df["id"], df["statement"], df["label"], strict=True)
     ]
 

@@ -128,9 +128,26 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 
 
 def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:
-    """Write a DataFrame as Parquet, atomically."""
+    """Write a DataFrame as Parquet, atomically, on this thread.
+
+    The bytes are pandas' ``df.to_parquet(path, index=False)``; the conversion runs on one
+    thread so Arrow's thread pool is never started: a pool alive at interpreter exit can abort
+    the process after its work is done ("terminate called without an active exception",
+    apache/arrow#34314), which fails a stage that succeeded. The tables are small.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+    if df.attrs:  # as pandas keeps them
+        table = table.replace_schema_metadata({**table.schema.metadata,
+                                               "PANDAS_ATTRS": json.dumps(df.attrs)})
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp, compression="snappy")
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file as a DataFrame, read on this thread (see :func:`write_parquet`)."""
+    return pd.read_parquet(path, columns=columns, use_threads=False)
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:

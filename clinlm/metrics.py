@@ -1,6 +1,7 @@
 """Metrics and plot data from a predictions CSV. Never imports a model.
 
 Classification CSV: ``id, y_true, p_yes, y_pred`` (labels ``Yes``/``No``).
+Multiclass CSV: ``id, y_true, y_pred, p_<label>...`` (one probability column per class).
 Regression CSV: ``id, y_true, y_pred, y_lo, y_hi``.
 Rows a method could not score (NaN ``p_yes`` / ``y_pred``) are counted as ``n_failed``
 and left out of the metrics, never silently dropped.
@@ -86,6 +87,73 @@ def classification_metrics(pred: pd.DataFrame) -> tuple[dict[str, Any], dict[str
         mean_predicted=("p", "mean"), fraction_positive=("y", "mean"), n=("y", "size"))
     plots["calibration"] = cal.reset_index(drop=True)
     return m, plots
+
+
+def prob_columns(labels: list[str]) -> list[str]:
+    """A multiclass predictions table's probability columns, ``p_<label>`` in class order (the
+    schema :func:`clinlm.methods.interface.class_probs` writes; the evaluator reads it here, without
+    importing a method)."""
+    return [f"p_{label}" for label in labels]
+
+
+def labels_of(columns: Any) -> list[str]:
+    """The classes of a multiclass predictions table, from its ``p_<label>`` columns."""
+    return [str(c)[2:] for c in columns if str(c).startswith("p_")]
+
+
+#: probabilities are clipped to [EPS, 1] before a log loss: a confident wrong answer costs
+#: log(1 / EPS) ~ 34.5, not infinity
+LOG_EPS = 1e-15
+
+
+def multiclass_metrics(pred: pd.DataFrame) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Accuracy, balanced accuracy, macro-F1, macro one-vs-rest ROC-AUC, log loss, each class's
+    recall / precision / F1 / ROC-AUC and share, and the confusion matrix (``{true: {predicted:
+    count}}``) of a multiclass predictions table (classes: its ``p_<label>`` columns).
+
+    A class absent from the test rows has no ROC-AUC (NaN, left out of the macro mean, and
+    counted as ``n_classes_without_auc``). Plots: ``confusion`` (one ``actual``, ``predicted``
+    row per test row, dvc's confusion template).
+    """
+    labels = labels_of(pred.columns)
+    probs = pred[prob_columns(labels)].to_numpy(float)
+    ok = ~np.isnan(probs).any(axis=1)
+    p = probs[ok]
+    y = pred.loc[ok, "y_true"].astype(str).to_numpy()
+    yhat = np.asarray(labels, dtype=object)[p.argmax(axis=1)] if len(p) else np.array([])
+    idx = pd.Index(labels).get_indexer(y)
+    if (idx < 0).any():
+        raise ValueError(f"true label(s) {sorted(set(y[idx < 0]))} are not among the "
+                         f"predicted classes {labels}")
+    onehot = np.eye(len(labels), dtype=bool)[idx]
+    per_class, aucs = {}, []
+    for k, c in enumerate(labels):
+        auc = (float(skm.roc_auc_score(onehot[:, k], p[:, k]))
+               if 0 < onehot[:, k].sum() < len(y) else float("nan"))
+        aucs.append(auc)
+        per_class[c] = {
+            "recall": float(skm.recall_score(y, yhat, labels=[c], average="macro",
+                                             zero_division=0)),
+            "precision": float(skm.precision_score(y, yhat, labels=[c], average="macro",
+                                                   zero_division=0)),
+            "f1": float(skm.f1_score(y, yhat, labels=[c], average="macro", zero_division=0)),
+            "roc_auc": auc, "share": float(onehot[:, k].mean()) if len(y) else float("nan")}
+    cm = skm.confusion_matrix(y, yhat, labels=labels) if len(y) else np.zeros((len(labels),) * 2)
+    true_p = np.clip(p[np.arange(len(y)), idx], LOG_EPS, 1.0)
+    m = {
+        "accuracy": float(np.mean(y == yhat)) if len(y) else float("nan"),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, yhat)) if len(y) else float("nan"),
+        "macro_f1": float(skm.f1_score(y, yhat, labels=labels, average="macro", zero_division=0)),
+        "macro_roc_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
+        "log_loss": float(-np.mean(np.log(true_p))) if len(y) else float("nan"),
+        "n_classes": len(labels), "n_classes_without_auc": int(np.isnan(aucs).sum()),
+        "per_class": per_class,
+        "confusion_matrix": {t: {q: int(cm[i, j]) for j, q in enumerate(labels)}
+                             for i, t in enumerate(labels)},
+        "n_test": int(len(pred)),
+        "n_failed": int((~ok).sum()),
+    }
+    return m, {"confusion": pd.DataFrame({"actual": y, "predicted": yhat})}
 
 
 def regression_metrics(pred: pd.DataFrame, train_mean: float | None = None

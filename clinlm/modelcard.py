@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clinlm.methods.base import CLASSIFICATION, Run
+from clinlm.methods.interface import CLASSIFICATION, MULTICLASS, REGRESSION, Run
 from clinlm.prompts import prompt_text
 
 EMBEDDED_HUB_IDS = {"embedded:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -45,9 +45,9 @@ DATA = {  # (task, data_source) -> what the data is and its licence
                                    "real patients)",
 }
 METRICS = {CLASSIFICATION: ["roc_auc", "pr_auc", "brier", "accuracy", "f1", "recall"],
+           MULTICLASS: ["accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "log_loss"],
            "regression": ["mae", "rmse", "r2", "pearson_r", "within_5y", "coverage_90"]}
-LOWER_IS_BETTER = {"brier", "mae", "rmse"}
-LIBRARY = {"sft": "peft", "head": "peft", "vlm": "peft", "gbdt": "sklearn"}
+LOWER_IS_BETTER = {"brier", "mae", "rmse", "log_loss"}
 
 
 def base_hub_id(params: dict[str, Any], run_name: str) -> tuple[str | None, str]:
@@ -145,7 +145,8 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path
         if worse:
             below.append(f"{k} {_fmt(mine[k])} vs {_fmt(base[k])}")
         verdict = (vs.get(k) or {}).get("verdict")
-        if verdict == "worse" or (worse and verdict is None and k in ("roc_auc", "mae")):
+        if verdict == "worse" or (worse and verdict is None
+                                  and k in ("roc_auc", "mae", "macro_roc_auc")):
             fails.append(f"{k} {_fmt(mine[k])} against the baseline's {_fmt(base[k])}"
                          + (" (the paired 95 % interval of the difference excludes 0)"
                             if verdict == "worse" else ""))
@@ -162,29 +163,9 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path
 
 
 def decoding(run: Run) -> str:
-    """How an answer is read from the model, per method and task type."""
-    method, ans = run.cfg["method"], run.task_cfg.get("answer") or {}
-    if method == "sft" and run.task_type == CLASSIFICATION:
-        return ("One forward pass over the chat prompt; P(Yes) is the next-token probability of "
-                "`Yes` renormalised over the first tokens of `Yes` and `No` (no sampling, no "
-                "`generate()`); `Yes` when P(Yes) >= 0.5.")
-    if method == "sft":
-        return (f"The exact distribution over every integer age in [{ans.get('min')}, "
-                f"{ans.get('max')}], digit by digit (P(6)·P(7|6)·P(end|67)), renormalised over "
-                "that set; the point estimate is its median, the 90 % interval its 5th-95th "
-                "percentiles (`clinlm.llm.numeric`).")
-    if method == "head":
-        return ("A linear head on the last token's hidden state (sequence classification): "
-                + ("softmax over No/Yes gives P(Yes)." if run.task_type == CLASSIFICATION else
-                   "one output, the standardised target; `head.json` holds the training "
-                   f"mean/std that turn it into years, bounded to [{ans.get('min')}, "
-                   f"{ans.get('max')}] (no interval)."))
-    if method == "gbdt":
-        return ("scikit-learn HistGradientBoosting on the table's `f_*` features"
-                + ("." if run.task_type == CLASSIFICATION else
-                   f"; the estimate and its 90 % interval (5 %/95 % quantile models, widened to "
-                   f"hold the estimate) bounded to [{ans.get('min')}, {ans.get('max')}]."))
-    return f"method {method}"
+    """How an answer is read from the model: its method's own sentence."""
+    from clinlm.methods import get_method
+    return get_method(run.cfg["method"]).answer_reading(run)
 
 
 def _yaml_block(obj: Any) -> list[str]:
@@ -197,18 +178,20 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
     """The README.md text (YAML header + body) of ``run`` released as ``repo_id``."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from clinlm.methods import method_class
+
     method = run.cfg["method"]
+    cls = method_class(method)
     hub, how = base_hub_id(params, run_name)
     data_source = (params["tasks"][run.task].get("download") or {}).get("source", "unknown")
     mine = _read(Path(metrics_root) / run.task / f"{run.model}.json")
     data_source = mine.get("data_source", data_source)
     tags = ["clinlm", "clinical", "tabular-to-text", run.task.replace("_", "-"), method]
-    if method in ("sft", "head", "vlm"):
+    if cls.llm:
         tags += ["lora", "qlora"] if (run.cfg.get("bnb") or {}).get("load_in_4bit") else ["lora"]
-    pipeline = {"sft": "text-generation", "head": "text-classification",
-                "vlm": "image-text-to-text"}.get(
-        method, "tabular-classification" if run.task_type == CLASSIFICATION else "tabular-regression")
-    data = ModelCardData(base_model=hub, library_name=LIBRARY.get(method),
+    pipeline = cls.hub_pipeline or ("tabular-regression" if run.task_type == REGRESSION
+                                    else "tabular-classification")
+    data = ModelCardData(base_model=hub, library_name=cls.library,
                          pipeline_tag=pipeline, tags=tags, license=BASE_LICENSES.get(hub or ""))
     info = _read(run.model_dir / "train_info.json")
     split = run.task_cfg.get("split") or {}
@@ -235,11 +218,12 @@ def render_card(run: Run, params: dict[str, Any], run_name: str, repo_id: str,
         f"* **Base model**: {how}{base_revision(run)}.", "",
         "## How an answer is read", "", decoding(run), "",
     ]
-    if method in ("sft", "head", "vlm"):
+    if cls.llm:
         settings = {k: run.cfg[k] for k in ("dtype", "max_train_rows", "bnb", "lora", "training",
                                             "sft", "predict") if k in run.cfg}
         body += ["## Training settings (every value of the run, defaults filled in)", "",
                  *_yaml_block(settings), ""]
+    if cls.exportable:
         from clinlm.cardsnippet import use_snippet
         body += ["## Use", "",
                  "Gives the pipeline's answer for one statement (the test suite runs this code "

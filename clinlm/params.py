@@ -73,6 +73,7 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
     """Check every section against its typed config (:mod:`clinlm.config`, the tasks' own
     download/statements configs); library sections only of ``library_models`` (``None``: all)."""
     from clinlm import config as C
+    from clinlm.methods import method_class, method_names
     from clinlm.tasks import TaskSection, get_task, task_kind
 
     check_libraries = None if library_models is None else set(library_models)
@@ -90,6 +91,12 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
             raise ParamsError(str(e)) from None
         _parse(TaskSection, task, f"tasks.{name}")
         t = get_task(name, task)
+        if task["type"] not in t.task_types:
+            raise ParamsError(f"tasks.{name}.type: {task['type']!r}, but this task's data is "
+                              f"{' or '.join(t.task_types)}")
+        if (task.get("answer") or {}).get("labels") is not None and task["type"] != "multiclass":
+            raise ParamsError(f"tasks.{name}.answer.labels: only a multiclass task has labels "
+                              f"(this one is {task['type']})")
         _parse(t.download_config, task.get("download"), f"tasks.{name}.download")
         _parse(t.statements_config, task.get("statements"), f"tasks.{name}.statements")
         try:
@@ -98,15 +105,16 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
             raise ParamsError(str(e)) from None
     for name, model in params["models"].items():
         method = model.get("method") if isinstance(model, dict) else None
-        if method not in C.METHODS:
+        if method not in method_names():
             raise ParamsError(f"models.{name}.method: unknown method {method!r}; "
-                              f"known: {', '.join(C.METHODS)}")
-        _parse(C.model_config_class(method), model, f"models.{name}")
+                              f"known: {', '.join(method_names())}")
+        cls = method_class(method)
+        _parse(cls.config, model, f"models.{name}")
         if check_libraries is None or name in check_libraries:
             for key, kind in C.LIBRARY_SECTIONS.items():
                 if model.get(key) is not None:
                     validate_library_section(f"models.{name}.{key}", kind, model[key])
-            if method in C.LLM_METHODS:
+            if cls.llm:
                 from clinlm.llm.validation import check_evaluation_keys
                 try:
                     check_evaluation_keys(model, f"models.{name}")
@@ -115,9 +123,10 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
     _check_type("runs", params["runs"], dict)
     seen: dict[str, str] = {}
     for method, group in params["runs"].items():
-        if method not in C.METHODS:
+        if method not in method_names():
             raise ParamsError(f"runs.{method}: runs are grouped by method; known: "
-                              f"{', '.join(C.METHODS)}")
+                              f"{', '.join(method_names())}")
+        cls = method_class(method)
         _check_type(f"runs.{method}", group or {}, dict)
         for run, spec in (group or {}).items():
             where = f"runs.{method}.{run}"
@@ -133,11 +142,16 @@ def validate(params: dict[str, Any], library_models: Iterable[str] | None = None
             if model["method"] != method:
                 raise ParamsError(f"{where}: model {spec['model']!r} is method "
                                   f"{model['method']!r}; put the run in runs.{model['method']}")
-            _check_run_base(params, where, spec, model, llm=method in C.LLM_METHODS)
-            if method == "vlm" and (params["tasks"][spec["task"]] or {}).get("kind") == "table":
-                raise ParamsError(f"{where}: the vlm method reads ECG pictures, and task "
+            _check_run_base(params, where, spec, model, llm=cls.llm)
+            task_type = params["tasks"][spec["task"]]["type"]
+            if cls.table_refusal and (params["tasks"][spec["task"]] or {}).get("kind") == "table":
+                raise ParamsError(f"{where}: the {method} method {cls.table_refusal}, and task "
                                   f"{spec['task']!r} (kind: table) has none; use sft or head")
-            if method in C.LLM_METHODS:
+            if task_type not in cls.task_types:
+                raise ParamsError(f"{where}: the {method} method answers "
+                                  f"{' or '.join(cls.task_types)}; task {spec['task']!r} is "
+                                  f"{task_type}")
+            if cls.llm:
                 from clinlm.llm.validation import check_metric
                 try:
                     check_metric((model.get("training") or {}).get("metric_for_best_model"),
@@ -228,7 +242,7 @@ def validate_library_section(prefix: str, kind: str, section: Any) -> None:
         if value == "auto" and (kind, key) in AUTO_PRECISION:
             continue  # resolved to this machine's precision at run time (clinlm.llm.precision)
         if value == "auto" and (kind, key) == ("training", "torch_compile"):
-            continue  # resolved by the run's length and the machine (clinlm.llm.fit.resolve_compile)
+            continue  # resolved by the run's length and the machine (clinlm.llm.compile.resolve_compile)
         if not _fits(value, fields[key]) or (value == "auto" and kind == "bnb"):
             hint = (f"; `auto` precision is accepted only for "
                     f"{', '.join(f'{k}.{f}' for k, f in AUTO_PRECISION)} (and the model's "

@@ -1,7 +1,9 @@
 """Predictions in the one CSV schema every method shares (and the evaluator reads).
 
 Classification: ``id, y_true, p_yes, y_pred`` (+ ``raw``, ``ok``, ``clipped`` when the method
-gives them). Regression: ``id, y_true, y_pred, y_lo, y_hi`` (+ ``raw``, ``ok``, ``clipped``).
+gives them). Multiclass: ``id, y_true, y_pred, p_<label>...`` (``y_pred`` the most probable
+class; one probability per class, in the model's class order). Regression: ``id, y_true,
+y_pred, y_lo, y_hi`` (+ ``raw``, ``ok``, ``clipped``).
 
 The prediction paths a user calls (``python -m clinlm predict``, ``ask``, ``serve``) answer
 EVERY input row, in input order (:func:`answer_table`): the schema above plus ``row`` (1-based
@@ -24,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from clinlm.io import write_csv
-from clinlm.methods import CLASSIFICATION, Run, get_method
+from clinlm.methods import CLASSIFICATION, MULTICLASS, Run, get_method
+from clinlm.methods.interface import labels_of
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,16 @@ def shape_predictions(run: Run, df: pd.DataFrame, out: pd.DataFrame,
         p = out["p_yes"].to_numpy(float)
         res["p_yes"] = p
         res["y_pred"] = np.where(np.isnan(p), None, np.where(p >= threshold, "Yes", "No"))
+    elif run.task_type == MULTICLASS:
+        labels = labels_of(out.columns)
+        if len(labels) < 3:
+            raise RuntimeError(f"{run.model}: predict gave {len(labels)} class probabilities")
+        probs = out[[f"p_{c}" for c in labels]].to_numpy(float)
+        ok = ~np.isnan(probs).any(axis=1)
+        best = np.asarray(labels, dtype=object)[np.nan_to_num(probs, nan=-1.0).argmax(axis=1)]
+        res["y_pred"] = np.where(ok, best, None)
+        for c, col in zip(labels, probs.T, strict=True):
+            res[f"p_{c}"] = col
     else:
         for c in ("y_pred", "y_lo", "y_hi"):
             res[c] = out[c].to_numpy(float) if c in out else np.nan
@@ -77,6 +90,7 @@ def answer_table(run: Run, screened: Any, res: pd.DataFrame) -> pd.DataFrame:
         raise RuntimeError(f"{run.model}: {len(res)} predictions for {len(pos)} accepted rows")
     if not len(res):  # nothing accepted: the schema's columns, all empty
         cols = (["id", "y_true", "p_yes", "y_pred"] if run.task_type == CLASSIFICATION
+                else ["id", "y_true", "y_pred"] if run.task_type == MULTICLASS
                 else ["id", "y_true", "y_pred", "y_lo", "y_hi"])
         res = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     body = res.set_axis(pos).reindex(np.arange(n))

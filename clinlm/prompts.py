@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -34,8 +35,29 @@ def build_messages(statement: str, task_cfg: dict[str, Any],
     return msgs
 
 
-def format_answer(label: Any, task_type: str) -> str:
-    """The assistant's answer text for a label: ``Yes``/``No``, or a rounded integer age."""
+def format_answer(label: Any, task_type: str, texts: Mapping[str, str] | None = None,
+                  decimals: int = 0) -> str:
+    """The assistant's answer text for a label: ``Yes``/``No``; a multiclass label's answer
+    text (``texts``: label -> text, from the run's classes; the label itself when absent); or
+    a number rounded to ``decimals`` (0: a whole number, ``67``), as numeric decoding reads it
+    back (:mod:`clinlm.llm.numeric`)."""
     if task_type == "classification":
         return str(label)
-    return str(int(round(float(label))))
+    if task_type == "multiclass":
+        return str((texts or {}).get(str(label), label))
+    return number_text(round(float(label) * 10 ** decimals), decimals)
+
+
+def number_text(scaled: int, decimals: int) -> str:
+    """The answer text of the number ``scaled / 10 ** decimals`` (``-5, 1`` -> ``-0.5``; never
+    ``-0.0``): the one spelling training writes and numeric decoding enumerates."""
+    scaled = int(scaled)
+    if decimals == 0:
+        return str(scaled)
+    whole, frac = divmod(abs(scaled), 10 ** decimals)
+    return ("-" if scaled < 0 else "") + f"{whole}.{frac:0{decimals}d}"
+
+
+def answer_texts(classes: Mapping[str, Any]) -> dict[str, str]:
+    """label -> answer text of a multiclass run's ``classes.json``."""
+    return dict(zip(classes["labels"], classes["texts"], strict=True))

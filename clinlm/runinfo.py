@@ -4,14 +4,15 @@ A probability of 0.21 or an estimate of 61 years means little alone. Beside ever
 page and ``ask`` show, for the run that gave it:
 
 * the task's **base rate** from the training split (classification: the share of ``Yes``;
-  regression: the mean and range of the target), so 0.21 can be read against the 0.198 of an
-  average patient;
-* the run's **test metric** with its 95 % bootstrap interval (ROC-AUC / MAE) from
+  multiclass: each label's share; regression: the mean and range of the target), so 0.21 can
+  be read against the 0.198 of an average patient;
+* the run's **test metric** with its 95 % bootstrap interval (ROC-AUC / accuracy / MAE) from
   ``metrics/summary.json`` (stage ``compare``), else the bare value from
   ``metrics/<task>/<model>.json`` (stage ``evaluate``), else "not evaluated yet";
 * what the **decision threshold** means (classification: "Yes when the predicted probability
   >= 0.5", and the share of test cases the run flagged, which says at once when a run never
-  answers Yes), or how often the 90 % interval held the true value (regression);
+  answers Yes), how often the most probable label was right, per label (multiclass), or how
+  often the 90 % interval held the true value (regression);
 * the **notice** that this is research software, not a medical device.
 
 Computed once per loaded run (:func:`run_info`; ``Predictor.describe`` keeps it), from files
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 NOTICE = ("Research use only, not a medical device: these answers are not validated for "
           "clinical decisions and must not replace a clinician's judgement.")
 #: the one test metric shown per task type (the pipeline's headline metric in compare)
-HEADLINE = {"classification": ("roc_auc", "ROC-AUC", 3), "regression": ("mae", "MAE", 2)}
+HEADLINE = {"classification": ("roc_auc", "ROC-AUC", 3), "regression": ("mae", "MAE", 2),
+            "multiclass": ("accuracy", "accuracy", 3)}
 SUMMARY = Path("metrics") / "summary.json"
 
 
@@ -64,14 +66,21 @@ def base_rate(run: Any) -> dict[str, Any]:
     """
     import pandas as pd
 
+    from clinlm.io import read_parquet
+
     path = Path(run.data_dir) / "train.parquet"
     try:
-        label = pd.read_parquet(path, columns=["label"])["label"]
+        label = read_parquet(path, columns=["label"])["label"]
     except (FileNotFoundError, OSError, KeyError, ValueError) as e:
         log.info("%s: no base rate (%s)", path, e)
         return {"text": f"unknown (no training split at {path})", "source": str(path)}
     out: dict[str, Any] = {"source": str(path), "n_train": len(label)}
-    if run.task_type == "classification":
+    if run.task_type == "multiclass":
+        shares = label.astype(str).value_counts(normalize=True)
+        out.update(shares={k: float(v) for k, v in shares.items()},
+                   text=", ".join(f"{k} {100 * v:.1f} %" for k, v in shares.items())
+                   + f" of the {len(label)} training cases")
+    elif run.task_type == "classification":
         share = float((label.astype(str) == "Yes").mean()) if len(label) else float("nan")
         out.update(share_yes=_finite(share),
                    text=f"{100 * share:.1f} % of the {len(label)} training cases were Yes"
@@ -135,6 +144,16 @@ def decision(run: Any, threshold: float, metric: dict[str, Any]) -> dict[str, An
     (test cases whose true value lay in the 90 % interval; None for a method with none).
     """
     m = metric.get("_metrics") or {}
+    if run.task_type == "multiclass":
+        rule = "the most probable label is the answer (no threshold)"
+        per = m.get("per_class") or {}
+        recall = {k: _finite(v.get("recall")) for k, v in per.items() if isinstance(v, dict)}
+        if not recall:
+            return {"threshold": None, "recall": None,
+                    "text": f"{rule}; how often it was right: not evaluated yet"}
+        text = rule + "; on the test split it was right for " + ", ".join(
+            f"{100 * r:.0f} % of {k}" if r is not None else f"no {k}" for k, r in recall.items())
+        return {"threshold": None, "recall": recall, "text": text}
     if run.task_type == "classification":
         cm = m.get("confusion_matrix") or {}
         n = sum(int(cm.get(k, 0)) for k in ("tn", "fp", "fn", "tp"))

@@ -1,6 +1,6 @@
 """``python -m clinlm serve --run <run> [--run <run2> ...]``: an HTTP API and a web page.
 
-Every model is loaded ONCE at start (:class:`clinlm.ask.Predictor`); one uvicorn process, and
+Every model is loaded ONCE at start (:class:`clinlm.predictor.Predictor`); one uvicorn process, and
 each model behind its own lock, so two requests never run one torch model at the same time.
 
 Endpoints (JSON; errors are ``{"error": message, "row": n, "field": name}``, never a traceback
@@ -10,7 +10,7 @@ and never a 500 for anything a client sends):
 * ``GET /api/runs`` -> each run's task, method, question and input fields
 * ``POST /predict`` with ``{"run": name, "rows": [{field: value, ...}, ...]}`` or
   ``{"run": name, "fields": {...}}`` -> ``{"run", "task", "method", "predictions": [...]}``:
-  ONE entry per row, in order, each as :func:`clinlm.ask.answers` -- ``"status": "ok"`` with
+  ONE entry per row, in order, each as :func:`clinlm.predictor.answers` -- ``"status": "ok"`` with
   the prediction, or ``"status": "refused"`` with ``error`` and ``field`` (a bad value, an
   unknown field, a row that is not an object, a row the training filters would leave out).
   Status 200 when at least one row is answered; 422 when every row is refused (the same
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clinlm.ask import AskError, Predictor
+from clinlm.predictor import AskError, Predictor
 
 log = logging.getLogger(__name__)
 

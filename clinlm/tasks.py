@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from clinlm.config import Strict, import_object, parse_section
 
@@ -45,6 +45,17 @@ TASKS: dict[str, str] = {
 GENERIC_KINDS = ("table",)
 
 
+def sort_labels(labels: Any) -> list[str]:
+    """Labels in their natural order: numerically when every label is a number (``2`` before
+    ``10``), else alphabetically."""
+    labels = sorted({str(v) for v in labels})
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return labels
+
+
+
 class TaskConfig(BaseModel):
     """Base of a task's config sections: unknown keys are errors; ``null`` means the default."""
 
@@ -56,6 +67,17 @@ class TaskConfig(BaseModel):
         if isinstance(data, Mapping):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+
+class CsvReading(TaskConfig):
+    """How a user's delimited file is read (:func:`clinlm.io.read_table`): the keys every csv
+    source shares (the vascular-age task's ``csv`` source, a ``kind: table`` task's)."""
+
+    csv_separator: str | None = Field(None, description="csv: the separator (null: sniffed)")
+    csv_encoding: str = Field("utf-8", description="csv: text encoding (cp1252/latin-1 for "
+                                                   "files saved by Excel on Windows)")
+    missing_values: list[str] | None = Field(
+        None, description="csv: cells read as missing (null: '', ?, NA, N/A, NaN, null, None, -)")
 
 
 class _NoOptions(TaskConfig):
@@ -89,11 +111,63 @@ class PromptConfig(Strict):
         return self
 
 
-class AnswerConfig(Strict):
-    """Regression answers: numeric decoding enumerates every integer in ``[min, max]``."""
+#: the most answers a regression's numeric decoding enumerates (its tree pass feeds them all)
+MAX_NUMERIC_ANSWERS = 2001
 
-    min: int = Field(18, ge=0)   # the smallest possible answer (every method is bounded to it)
-    max: int = Field(110, ge=0)  # the largest possible answer
+
+class AnswerConfig(Strict):
+    """What the model may answer. Regression: a number in ``[min, max]`` with ``decimals``
+    decimals (numeric decoding enumerates every such number; every method is bounded to the
+    range). Multiclass: ``labels``, the classes and, as a mapping, the words an LLM answers
+    for each (``{AF: atrial fibrillation}``); null takes the data's labels as they are."""
+
+    min: int | float = 18   # regression: the smallest possible answer (every method is bounded to it)
+    max: int | float = 110  # regression: the largest possible answer
+    decimals: int = Field(0, ge=0, le=3)  # regression: decimals of an LLM's answer (0: whole numbers)
+    # multiclass: [label, ...] or {label: answer text}; null: every label of the data, as written
+    labels: list[str] | dict[str, str] | None = None
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_text(cls, v: Any) -> Any:  # YAML reads 1, 1.0 and true as numbers / booleans
+        def text(x: Any) -> str:
+            if isinstance(x, bool):
+                return str(x).lower()
+            if isinstance(x, float) and x.is_integer():
+                return str(int(x))
+            return str(x).strip()
+        if isinstance(v, Mapping):
+            return {text(k): text(t) for k, t in v.items()}
+        if isinstance(v, list):
+            return [text(x) for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnswerConfig:
+        if self.max <= self.min:
+            raise ValueError(f"max ({self.max}) must be above min ({self.min})")
+        for end in (self.min, self.max):
+            if abs(end * 10 ** self.decimals - round(end * 10 ** self.decimals)) > 1e-9:
+                raise ValueError(f"{end} has more than decimals={self.decimals} decimal(s): "
+                                 "the range's ends are answers too")
+        n = round((self.max - self.min) * 10 ** self.decimals) + 1
+        if n > MAX_NUMERIC_ANSWERS:
+            raise ValueError(f"[{self.min}, {self.max}] with {self.decimals} decimal(s) is {n} "
+                             f"possible answers; numeric decoding enumerates at most "
+                             f"{MAX_NUMERIC_ANSWERS}: narrow the range or use fewer decimals")
+        if self.labels is not None:
+            keys = list(self.labels)
+            texts = list(self.labels.values()) if isinstance(self.labels, dict) else keys
+            if len(keys) < 3:
+                raise ValueError(f"labels: a multiclass answer has three or more labels, got "
+                                 f"{keys} (two labels: type classification with positive_label)")
+            for what, items in (("label", keys), ("answer text", texts)):
+                low = [t.lower() for t in items]
+                dup = sorted({t for t, lo in zip(items, low, strict=True) if low.count(lo) > 1})
+                if dup or "" in items:
+                    raise ValueError(f"labels: every {what} must be non-empty and distinct "
+                                     f"(case aside); repeated or empty: {dup or ['']}")
+        return self
 
 
 class ImagesConfig(Strict):
@@ -104,7 +178,7 @@ class ImagesConfig(Strict):
 class TaskSection(Strict):
     """``tasks.<name>``: the keys every task has (download/statements: the task's own configs)."""
 
-    type: Literal["classification", "regression"]  # binary Yes/No, or a number
+    type: Literal["classification", "multiclass", "regression"]  # Yes/No, one of 3+ labels, or a number
     kind: str | None = Field(None, description="the task's code: null for a built-in task "
                                                "(its name), `table` for any clinical table")
     download: dict[str, Any] = {}    # validated by the task's own download_config
@@ -112,7 +186,7 @@ class TaskSection(Strict):
     split: SplitConfig = SplitConfig()      # the train/test split (its section)
     format: FormatConfig = FormatConfig()   # the Cohere chat JSONL files (its section)
     prompt: PromptConfig = PromptConfig()   # what every LLM is told and asked (its section)
-    answer: AnswerConfig = AnswerConfig()   # regression: the possible answers (its section)
+    answer: AnswerConfig = AnswerConfig()   # regression / multiclass: the possible answers (its section)
     images: ImagesConfig = ImagesConfig()   # vascular_age: the ECG PNGs (its section)
 
 
@@ -124,6 +198,8 @@ class Task:
     download_config: ClassVar[type[TaskConfig]] = _NoOptions
     #: the ``statements`` section: its keys, types and defaults (one home)
     statements_config: ClassVar[type[TaskConfig]] = _NoOptions
+    #: the ``type`` values this task's data can answer (a built-in task has one)
+    task_types: ClassVar[tuple[str, ...]] = ("classification", "multiclass", "regression")
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None:  # a generic kind serves many tasks: each instance its own name

@@ -2,7 +2,8 @@
 
 Runs are grouped by (task, data source): metrics from different data (e.g. a stale Kaggle run
 beside synthetic ones) never share a table. Each group gets one table of the metrics and one
-of 95 % bootstrap intervals: ROC-AUC / PR-AUC (classification) or MAE (regression) for every
+of 95 % bootstrap intervals: ROC-AUC / PR-AUC (classification), accuracy / macro ROC-AUC / log
+loss (multiclass) or MAE (regression) for every
 run, and each run's difference to the group's baseline (its gbdt run) with a PAIRED interval
 -- the same resampled test rows, matched by ``id`` across the predictions CSVs, seeded by
 params ``seed`` (``clinlm.bootstrap``). A difference whose interval holds 0 reads "no
@@ -28,10 +29,12 @@ N_BOOT = 1000
 BASELINE_METHOD = "gbdt"
 COLUMNS = {
     "classification": ["roc_auc", "pr_auc", "accuracy", "f1", "recall", "brier"],
+    "multiclass": ["accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "log_loss"],
     "regression": ["mae", "rmse", "r2", "pearson_r", "bias", "within_5y", "coverage_90",
                    "mean_predictor_mae", "noise_floor_mae"],
 }
-BOOT_METRICS = {"classification": ["roc_auc", "pr_auc"], "regression": ["mae"]}
+BOOT_METRICS = {"classification": ["roc_auc", "pr_auc"], "regression": ["mae"],
+                "multiclass": ["accuracy", "macro_roc_auc", "log_loss"]}
 
 
 def seconds(task: str, phase: str, model: str) -> float | None:
@@ -95,7 +98,8 @@ def uncertainty_lines(ttype: str, models: dict, boot: dict, baseline: str | None
     n_rows = next(iter(boot.values()))["n_rows"]
     head = (f"95 % bootstrap intervals ({N_BOOT} resamples of the {n_rows} test rows, seed "
             f"{seed}); Δ = model − {baseline or 'baseline'} on the same resampled rows (paired)"
-            + ("; for MAE lower is better" if ttype == "regression" else "") + ":")
+            + ("; for MAE lower is better" if ttype == "regression" else
+               "; for log loss lower is better" if ttype == "multiclass" else "") + ":")
     cols = [f"{m} [95 % CI]" for m in metrics]
     if baseline:
         cols += [f"Δ {m} [95 % CI]" for m in metrics]

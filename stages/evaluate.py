@@ -5,7 +5,7 @@ import argparse
 import pandas as pd
 
 from clinlm.io import write_json
-from clinlm.metrics import classification_metrics, regression_metrics
+from clinlm.metrics import classification_metrics, multiclass_metrics, regression_metrics
 from clinlm.params import load_params, run_spec
 from clinlm.paths import (
     metrics_path,
@@ -30,6 +30,8 @@ if __name__ == "__main__":
     trained = read_json(model_dir(task, model) / "train_info.json")
     if task_cfg["type"] == "classification":
         m, plots = classification_metrics(pred)
+    elif task_cfg["type"] == "multiclass":
+        m, plots = multiclass_metrics(pred)
     else:
         m, plots = regression_metrics(pred, train_mean=split["train_mean"])
         if "noise_floor_mae" in split:

@@ -2,9 +2,8 @@
 
 import argparse
 
-import pandas as pd
-
 from clinlm.formats import write_formats
+from clinlm.io import read_parquet
 from clinlm.params import load_params
 from clinlm.paths import processed_dir, setup_logging
 
@@ -16,7 +15,7 @@ if __name__ == "__main__":
     params = load_params()
     task = params["tasks"][args.task]
     d = processed_dir(args.task)
-    counts = write_formats(pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "test.parquet"),
+    counts = write_formats(read_parquet(d / "train.parquet"), read_parquet(d / "test.parquet"),
                            task, task["type"], d / "formats",
                            eval_fraction=task.get("format", {}).get("eval_fraction", 0.1),
                            seed=params["seed"])

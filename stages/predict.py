@@ -9,9 +9,7 @@ import argparse
 import sys
 import time
 
-import pandas as pd
-
-from clinlm.io import write_csv, write_json
+from clinlm.io import read_parquet, write_csv, write_json
 from clinlm.launch import is_main_process, relaunch_if_needed, world_size
 from clinlm.metrics import timing_path
 from clinlm.params import load_params
@@ -28,7 +26,7 @@ if __name__ == "__main__":
     params = load_params()
     run = make_run(args.run, params)
     relaunch_if_needed("stages.predict", sys.argv[1:], run.cfg.get("launch"))
-    test = pd.read_parquet(run.data_dir / "test.parquet")
+    test = read_parquet(run.data_dir / "test.parquet")
     t0 = time.perf_counter()
     res = predict_table(run, test, params["predict"]["threshold"])
     seconds = time.perf_counter() - t0

@@ -2,9 +2,7 @@
 
 import argparse
 
-import pandas as pd
-
-from clinlm.io import write_json, write_parquet
+from clinlm.io import read_parquet, write_json, write_parquet
 from clinlm.params import load_params
 from clinlm.paths import interim_dir, processed_dir, raw_dir, read_json, setup_logging
 from clinlm.split import split_table
@@ -18,7 +16,7 @@ if __name__ == "__main__":
     params = load_params()
     task = params["tasks"][args.task]
     split = SplitConfig.model_validate(task.get("split") or {}).model_dump()  # {}: the defaults
-    table = pd.read_parquet(interim_dir(args.task) / "table.parquet")
+    table = read_parquet(interim_dir(args.task) / "table.parquet")
     train, test = split_table(table, seed=params["seed"], task_type=task["type"], **split)
     out = processed_dir(args.task)
     write_parquet(out / "train.parquet", train)
@@ -30,6 +28,9 @@ if __name__ == "__main__":
     if task["type"] == "classification":
         info["train_prevalence"] = float(train["label"].eq("Yes").mean())
         info["test_prevalence"] = float(test["label"].eq("Yes").mean())
+    elif task["type"] == "multiclass":  # each label's share of the rows
+        info["train_shares"] = train["label"].astype(str).value_counts(normalize=True).to_dict()
+        info["test_shares"] = test["label"].astype(str).value_counts(normalize=True).to_dict()
     else:
         info["train_mean"] = float(train["label"].mean())  # the mean predictor's constant
         if "noise_floor_mae" in downloaded:  # synthetic: the MAE of a perfect model

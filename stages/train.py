@@ -17,7 +17,7 @@ from contextlib import nullcontext
 
 import pandas as pd
 
-from clinlm.io import atomic_dir, write_json
+from clinlm.io import atomic_dir, read_parquet, write_json
 from clinlm.launch import is_main_process, relaunch_if_needed
 from clinlm.methods import get_method
 from clinlm.metrics import split_timing, timing_path
@@ -27,10 +27,11 @@ from clinlm.runs import make_run
 log = logging.getLogger("stages.train")
 
 
-def answer_range_check(run, train_df: pd.DataFrame) -> dict:
-    """Regression: count training targets the LLM's answer range cannot say (numeric decoding
-    enumerates the integers in ``tasks.<task>.answer`` [min, max]; such rows are clipped)."""
-    if run.task_type != "regression" or run.cfg["method"] not in ("sft", "vlm", "cohere"):
+def answer_range_check(run, method, train_df: pd.DataFrame) -> dict:
+    """Regression: count training targets the answer range cannot say (a method that reads
+    numbers from the answer grid, ``numeric_answer``, enumerates ``tasks.<task>.answer``
+    [min, max]; such rows are clipped)."""
+    if run.task_type != "regression" or not method.numeric_answer:
         return {}
     lo, hi = run.task_cfg["answer"]["min"], run.task_cfg["answer"]["max"]
     y = train_df["label"].astype(float)
@@ -61,11 +62,11 @@ if __name__ == "__main__":
             shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(run.log_dir) if main else nullcontext(run.log_dir) as log_dir:
         run.log_dir = log_dir
-        train_df = pd.read_parquet(run.data_dir / "train.parquet")
+        train_df = read_parquet(run.data_dir / "train.parquet")
         info, timing = split_timing(method.train(run, train_df))
         if "resumed_from_step" in info:  # this session's fact: the model equals an uninterrupted run's
             timing["resumed_from_step"] = info.pop("resumed_from_step")
-        info.update(answer_range_check(run, train_df))
+        info.update(answer_range_check(run, method, train_df))
         timing["stage_seconds"] = round(time.perf_counter() - t0, 1)
         if main:
             write_json(run.model_dir / "train_info.json", info)

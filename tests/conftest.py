@@ -150,3 +150,40 @@ def run_distributed(tmp_path: Path, run: dict, rows, *, processes: int = 2, trai
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return [json.loads((out / f"rank{i}.json").read_text()) for i in range(processes)]
 
+
+
+#: the synthetic multiclass table (issue 28): a heart rhythm from ECG measurements; two
+#: labels' answers share their first word ("atrial ..."), so reading the first token alone
+#: could not tell them apart
+RHYTHM_TEXTS = {"SR": "sinus rhythm", "AF": "atrial fibrillation", "AFL": "atrial flutter"}
+
+
+def rhythm_frame(n: int = 150, seed: int = 0):
+    """``n`` ECG-like rows whose rhythm (SR / AF / AFL) the measurements tell: AF has an
+    irregular RR interval and no P wave, AFL a regular fast rate with flutter waves."""
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    rhythm = rng.choice(["SR", "AF", "AFL"], n, p=[0.5, 0.3, 0.2])
+    rr_sd = np.where(rhythm == "AF", rng.normal(140, 30, n), rng.normal(30, 10, n)).clip(5)
+    rate = np.where(rhythm == "AFL", rng.normal(150, 8, n), rng.normal(85, 15, n)).round()
+    p_wave = np.where(rhythm == "SR", rng.choice(["present", "absent"], n, p=[0.95, 0.05]),
+                      rng.choice(["present", "absent"], n, p=[0.1, 0.9]))
+    return pd.DataFrame({"record": [f"r{i:04d}" for i in range(n)],
+                         "patient": [f"p{i // 2:04d}" for i in range(n)],
+                         "heart_rate": rate, "rr_sd_ms": rr_sd.round(1), "p_wave": p_wave,
+                         "age": rng.integers(30, 90, n), "rhythm": rhythm})
+
+
+def rhythm_task(csv_path, **answer) -> dict:
+    """A ``kind: table`` multiclass task over :func:`rhythm_frame` written to ``csv_path``."""
+    return {"kind": "table", "type": "multiclass",
+            "answer": answer or {"labels": dict(RHYTHM_TEXTS)},
+            "prompt": {"system": "Name the heart rhythm.",
+                       "question": "Which rhythm is this: sinus rhythm, atrial fibrillation "
+                                   "or atrial flutter?"},
+            "download": {"source": "csv", "csv_path": str(csv_path), "id_column": "record",
+                         "group_column": "patient", "target_column": "rhythm",
+                         "columns": {"heart_rate": {"label": "heart rate", "unit": "bpm"},
+                                     "rr_sd_ms": {"label": "RR interval SD", "unit": "ms"}},
+                         "include": ["*"]}}

@@ -45,7 +45,7 @@ def model_predictions(base: str, out: Path) -> dict:
     import pandas as pd
 
     from clinlm.methods import get_method
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.params import load_params
     params = load_params()
     rng = np.random.default_rng(0)

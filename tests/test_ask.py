@@ -139,12 +139,12 @@ def test_command_line_dispatch(in_project):
 
 def test_list_fields_loads_no_model(in_project, capsys, monkeypatch):
     """`--list-fields` only reads params: no model is loaded, no model library imported."""
-    import clinlm.ask
+    import clinlm.predictor
 
     def boom(*_a, **_k):
         raise AssertionError("--list-fields loaded the model")
 
-    monkeypatch.setattr(clinlm.ask, "_load_scorer", boom)
+    monkeypatch.setattr(clinlm.predictor, "_load_scorer", boom)
     monkeypatch.setattr("clinlm.runs.make_run", boom)  # which checks the model libraries
     code, out, _ = ask("--run", SFT_RUN, "--list-fields", "--format", "json", capsys=capsys)
     assert code == 0 and "Age" in [f["name"] for f in json.loads(out)]

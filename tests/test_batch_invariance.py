@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from tests.conftest import tiny_sft_cfg
 
 TOL = 1e-4
@@ -71,7 +71,7 @@ def test_a_row_scores_the_same_alone_and_in_batches(method, attn, tiny_llama, tm
     if method == "head":
         from clinlm.methods.head import HeadMethod
         m = HeadMethod()
-        model, tok, meta = m.load(run)
+        model, tok, meta = m.load_model(run)
         _assert_invariant(lambda d: m.predict_loaded(run, d, model, tok, meta), df, "y_pred")
     else:
         from clinlm.llm.scorer import Scorer

@@ -11,7 +11,7 @@ import pytest
 
 from bench.budget_curve import Results, apply_overrides, predict_chunks, run_curve, variant_run
 from clinlm.methods import get_method
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from clinlm.noshow.statements import build_statements
 from clinlm.noshow.synthetic import generate_synthetic
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg
@@ -103,7 +103,7 @@ def test_checkpoints_at_rows_seen_scored_against_the_baseline(full):
 @pytest.mark.slow
 def test_stack_on_the_final_point_fitted_on_rows_the_llm_never_saw(tiny_llama, split, full,
                                                                     monkeypatch):
-    from clinlm.methods.base import subsample
+    from clinlm.methods.interface import subsample
     _, work = full
     data = _curve(tiny_llama, work, split, stack_holdout=60, score_threads=1)
     st, (train, test) = data["stack"], split

@@ -5,7 +5,8 @@ The code a stage runs is found statically: its ``stages/<name>.py`` module (and,
 ``clinlm`` module imported anywhere in those files (function-level imports included),
 recursively. Registries import by name (``"clinlm.noshow.task:NoshowTask"``): the task
 stages (those that run a task's data code) list the task packages as folders, and what those
-packages import is followed too. Not followed: ``clinlm.params`` (it only accepts or
+packages import is followed too; a method that holds members (the stack) runs the code of
+every method its class says may be a member (``stack_role``). Not followed: ``clinlm.params`` (it only accepts or
 refuses params.yaml; it changes no output).
 """
 
@@ -69,6 +70,14 @@ def _registered_task_modules() -> list[str]:
     return [entry.split(":")[0] for entry in TASKS.values()]
 
 
+def _member_modules(method: str) -> list[str]:
+    """The modules of the methods a ``method`` run may hold as members (the stack's)."""
+    from clinlm.methods import REGISTRY, method_class
+    if not method_class(method).holds_members:
+        return []
+    return [REGISTRY[m].split(":")[0] for m in REGISTRY if method_class(m).stack_role]
+
+
 def _stages() -> list[tuple[str, dict]]:
     return list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items())
 
@@ -89,6 +98,7 @@ def test_stage_lists_exactly_the_code_it_runs(name, stage):
     method = re.fullmatch(r"(?:train|predict)_(\w+)", name)
     if method:
         start.append(f"clinlm.methods.{method.group(1)}")
+        start += _member_modules(method.group(1))
     if name in TASK_STAGES:
         start += [m for m in _registered_task_modules()
                   if name != "render" or m.startswith("clinlm.vascular")]
@@ -113,9 +123,9 @@ def test_llm_runs_depend_on_their_own_base_only():
 
 
 def test_every_method_has_its_stage_group():
-    from clinlm.config import METHODS
+    from clinlm.methods import method_names
     stages = dict(_stages())
-    for method in METHODS:
+    for method in method_names():
         for kind in ("train", "predict", "evaluate"):
             assert _spec(stages[f"{kind}_{method}"])["cmd"].startswith("python -m stages.")
             assert stages[f"{kind}_{method}"]["foreach"] == f"${{runs.{method}}}"

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows
 
 # QLoRA as the presets, LoRA on q/v only: the other 4-bit layers must be dequantized too
@@ -168,8 +168,8 @@ def _sentencepiece_llama_tokenizer(dst):
 
 @pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
 def test_a_tokenizer_without_chat_template_gets_a_working_fallback(tiny_llama, tmp_path, kind):
-    from clinlm.llm.load import LLAMA2_CHAT_TEMPLATE, load_tokenizer
     from clinlm.llm.scorer import first_token_ids
+    from clinlm.llm.tokenizer import LLAMA2_CHAT_TEMPLATE, load_tokenizer
     from clinlm.methods.sft import prompt_texts, tokenize_for_sft
 
     path = (_no_template_copy(tiny_llama, tmp_path / "m") if kind == "bpe"

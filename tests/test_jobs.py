@@ -122,11 +122,14 @@ def test_rate_limiter_caps_throughput_across_threads(tmp_path):
         stamps.append(time.monotonic())
         return "ok"
 
+    t0 = time.monotonic()
     run_jobs(JOBS[:12], work, store=PartialStore(tmp_path / "p.jsonl", "k"), max_concurrency=4,
              progress=False)
-    gaps = np.diff(sorted(stamps))
     assert len(stamps) == 12 and limiter.requests == 12
-    assert gaps.min() >= 0.045, gaps.min()
+    # the k-th start is never before slot k (t0 + k * 50 ms): a thread that wakes late only
+    # starts later, so the bound holds on a loaded machine, where gaps between wake-ups don't
+    late = np.sort(stamps) - (t0 + 0.05 * np.arange(12))
+    assert late.min() >= -1e-3, late
     assert (sorted(stamps)[-1] - sorted(stamps)[0]) <= 11 * 0.05 * 1.5  # and not slower
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from clinlm.io import write_json
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from clinlm.params import load_params, run_spec
 from tests.conftest import ROOT
 

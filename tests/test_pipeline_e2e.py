@@ -2,8 +2,8 @@
 
 Runs every stage for real (embedded SmolLM2 materialized from its GGUF, QLoRA training on a
 few rows, batched prediction, GBDT baseline, stacks, evaluate, compare), then checks the
-metrics files (the two scikit-learn tables through an LLM method, gbdt and the stack too:
-issue 28), that `dvc status` is clean, and that a LoRA change reruns train and later stages
+metrics files (the two scikit-learn tables and a synthetic multiclass table through an LLM
+method, gbdt and the stack too: issue 28), that `dvc status` is clean, and that a LoRA change reruns train and later stages
 only. The LLM runs train and predict on the 2-layer ``tiny_llama`` base (materialized by the
 same base_model stage, as a local folder): the stages, files and DVC graph are the default's,
 the compute seconds. The real SmolLM2 folder the GGUF stage writes is checked on its own: it
@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY_BASE, copy_checkout, on_tiny_base
+from tests.conftest import TINY_BASE, copy_checkout, on_tiny_base, rhythm_frame, rhythm_task
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,18 @@ def sh(cmd: list[str], cwd: Path) -> str:
 #: issue 28 in the same project: a params block each, no code; one LLM method per table (the
 #: other pairing, head classification and sft regression, runs on the built-in tasks), and the
 #: stack of that LLM with gbdt. Column selection by pattern: tests/table/test_table.py.
-TABLE_RUNS = {"breast_cancer": ("sft", "smollm2-sft"), "diabetes": ("head", "smollm2-head")}
+TABLE_RUNS = {"breast_cancer": ("sft", "smollm2-sft"), "diabetes": ("head", "smollm2-head"),
+              "rhythm": ("sft", "smollm2-sft")}
 
 
-def add_table_runs(params: dict) -> None:
-    """The scikit-learn tables' LLM and stack runs (their gbdt runs are in params.yaml)."""
+def add_table_runs(params: dict, dst: Path) -> None:
+    """The scikit-learn tables' LLM and stack runs (their gbdt runs are in params.yaml), and
+    a synthetic multiclass table (a heart rhythm of three labels; tests/conftest.py) declared
+    as a user would: its file, a params block, its runs."""
+    rhythm_frame(150).to_csv(dst / "rhythm.csv", index=False)
+    task = rhythm_task("rhythm.csv")
+    params["tasks"]["rhythm"] = {**task, "statements": {}, "split": {}, "format": {}}
+    params["runs"]["gbdt"]["rhythm-gbdt"] = {"task": "rhythm", "model": "gbdt"}
     runs = params["runs"]
     for task, (method, model) in TABLE_RUNS.items():
         runs[method][f"{task}-{method}"] = {"task": task, "model": model,
@@ -81,7 +88,7 @@ def repo(tmp_path_factory, tiny_llama) -> Path:
         m = params["models"][name]
         m["max_train_rows"] = 8
         m["training"].update(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
-    add_table_runs(params)
+    add_table_runs(params, dst)
     on_tiny_base(params, tiny_llama)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dst)
@@ -146,6 +153,32 @@ def test_table_tasks_every_method_scored(repo):
     assert "## breast_cancer" in summary and "## diabetes" in summary
 
 
+def test_multiclass_table_every_method_scored(repo):
+    """The rhythm table (three labels, declared texts): every run answers every test row in
+    order with one probability per label; multiclass metrics, intervals and the stack's pool."""
+    test = pd.read_parquet(repo / "data/processed/rhythm/test.parquet")
+    labels = ["SR", "AF", "AFL"]
+    for model in ("smollm2-sft", "gbdt", "stack"):
+        m = json.loads((repo / f"metrics/rhythm/{model}.json").read_text())
+        assert m["n_test"] == len(test) and m["n_failed"] == 0, model
+        assert m["n_classes"] == 3 and 0 <= m["accuracy"] <= 1 and m["log_loss"] > 0, model
+        assert set(m["confusion_matrix"]) == set(labels)
+        pred = pd.read_csv(repo / f"data/predictions/rhythm/{model}.csv", dtype={"id": str})
+        assert pred["id"].tolist() == test["id"].tolist()  # every row, in order
+        probs = pred[[f"p_{c}" for c in labels]].to_numpy(float)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        assert set(pred["y_pred"]) <= set(labels)
+        assert (repo / f"metrics/rhythm/plots/{model}/confusion.json").exists()
+    assert json.loads((repo / "metrics/rhythm/gbdt.json").read_text())["accuracy"] > 0.7
+    summary = json.loads((repo / "metrics/summary.json").read_text())["rhythm"]
+    assert set(summary["stack"]["ci95"]) == {"accuracy", "macro_roc_auc", "log_loss"}
+    assert summary["stack"]["vs_baseline"]["log_loss"]["verdict"] in (
+        "better", "worse", "no difference")
+    info = json.loads((repo / "metrics/rhythm/train/stack/train_info.json").read_text())
+    assert info["stack"]["combiner"]["inputs"] == "standardised centred log-probabilities"
+    assert "## rhythm (multiclass" in (repo / "metrics/summary.md").read_text()
+
+
 def test_predict_and_ask_a_table_run(repo, tmp_path):
     from clinlm.table.task import sklearn_frame
     rows = sklearn_frame("breast_cancer").drop(columns=["target"]).head(3).astype(object)
@@ -172,6 +205,14 @@ def test_predict_and_ask_a_table_run(repo, tmp_path):
     fields = sh([sys.executable, "-m", "clinlm", "ask", "--run", "diabetes-head", "--list-fields"],
                 repo)
     assert "Body mass index" in fields
+    answer = json.loads(sh([sys.executable, "-m", "clinlm", "ask", "--run", "rhythm-stack",
+                            "--format", "json", "--field", "heart_rate=150", "--field",
+                            "rr_sd_ms=25", "--field", "p_wave=absent"], repo))
+    assert answer["prediction"] in ("SR", "AF", "AFL")
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+    text = sh([sys.executable, "-m", "clinlm", "ask", "--run", "rhythm-sft", "--field",
+               "heart_rate=80", "--field", "age=60"], repo)
+    assert "answer:" in text and "the most probable label is the answer" in text
 
 
 def test_status_clean_and_lora_change_reruns_train_only(repo):
@@ -196,7 +237,8 @@ def test_embedded_base_from_gguf_loads_in_4bit_and_scores(repo):
     runs' own loader quantizes to 4-bit and that scores a chat prompt with finite logits."""
     import torch
 
-    from clinlm.llm.load import load_model, load_tokenizer
+    from clinlm.llm.load import load_model
+    from clinlm.llm.tokenizer import load_tokenizer
 
     base = repo / "data/models/base/smollm2-135m-instruct"
     info = json.loads((base / "materialized.json").read_text())
@@ -224,7 +266,7 @@ def test_embedded_base_from_gguf_loads_in_4bit_and_scores(repo):
     ("clinlm/methods/head.py", {"train_head", "predict_head", "train_stack", "predict_stack"}),
     ("clinlm/cohere_client.py", set()),  # no cohere run: nothing else depends on it
     ("clinlm/llm/fit.py", {"train_sft", "predict_sft", "train_head", "predict_head",
-                           "train_stack", "predict_stack"}),
+                           "train_vlm", "predict_vlm", "train_stack", "predict_stack"}),
 ])
 def test_editing_a_module_stales_only_its_users(repo, module, expected):
     path = repo / module

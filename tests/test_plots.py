@@ -19,6 +19,7 @@ DVC = [sys.executable, "-m", "dvc"]
 
 #: the plot files each task's evaluate stage writes, per model
 TASK_PLOTS = {"classification": ("roc.json", "pr.json", "calibration.json"),
+              "multiclass": ("confusion.json",),
               "regression": ("scatter.json", "bland_altman.json")}
 #: what loads something from elsewhere: script/img/iframe src, stylesheet links, CSS imports
 _LOADS = re.compile(r"""<(?:script|img|iframe)[^>]*\ssrc\s*=\s*["']?https?:|<link[^>]*href\s*=\s*["']?https?:|@import\s+url\(\s*["']?https?:""",
@@ -37,6 +38,7 @@ def _plotted() -> set[str]:
 def test_every_run_is_plotted():
     """Each run in params has each of its task's evaluation plots, and each LLM run its
     training loss curve, in dvc.yaml's top-level `plots:`."""
+    from clinlm.methods import method_class
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     plotted = _plotted()
     missing = []
@@ -45,7 +47,7 @@ def test_every_run_is_plotted():
             task = params["tasks"][item["task"]]
             files = [f"metrics/{item['task']}/plots/{item['model']}/{f}"
                      for f in TASK_PLOTS[task["type"]]]
-            if method in ("sft", "head", "vlm"):
+            if method_class(method).llm:
                 files.append(f"metrics/{item['task']}/train/{item['model']}/plots/metrics/loss.tsv")
             missing += [f for f in files if f not in plotted]
     assert missing == [], f"runs in params.yaml missing from dvc.yaml's plots: {missing}"

@@ -1,17 +1,19 @@
 """Numeric answers (ages) from the model's distribution over numbers, not a greedy sample.
 
-In training a regression answer is ``str(int(round(label)))`` followed by the chat
-template's end-of-turn token (:func:`clinlm.prompts.format_answer`), and digits are single
-tokens, so the model's probability of the answer ``67`` is::
+In training a regression answer is the label rounded to the task's ``answer.decimals``
+(``67``; ``5.4`` with one decimal; ``-3`` below zero) followed by the chat template's
+end-of-turn token (:func:`clinlm.prompts.format_answer`), and digits, the decimal point and
+the minus sign are single tokens, so the model's probability of the answer ``67`` is::
 
     P(67) = P('6' | prompt) * P('7' | prompt 6) * P(<end> | prompt 67)
 
-:func:`number_probs` computes this exactly for *every* integer in ``[lo, hi]`` (e.g. 18-110:
-2- and 3-digit numbers), then renormalises over that set. Each step's next-token
-probabilities are the model's softmax *renormalised over the answer alphabet* (the ten digit
-tokens + end-of-turn), so the result is the model's distribution over digit strings
-conditioned on the answer being an integer in ``[lo, hi]``. Only the 11 alphabet rows of the
-LM head are ever used (:func:`clinlm.llm.project.token_logits`); full-vocabulary
+:func:`number_probs` computes this exactly for *every* number of the grid ``[lo, hi]`` in
+steps of ``10 ** -decimals`` (e.g. 18-110: 2- and 3-digit numbers; 4.0-14.0 by 0.1), then
+renormalises over that set. Each step's next-token probabilities are the model's softmax
+*renormalised over the answer alphabet* (the ten digit tokens, ``.`` and ``-`` when the grid
+needs them, + end-of-turn), so the result is the model's distribution over those strings
+conditioned on the answer being a number of the grid. Only the 11 alphabet rows of the
+LM head are ever used (:func:`clinlm.llm.answer_logits.token_logits`); full-vocabulary
 logits are never computed.
 
 Cost (:func:`number_probs`): per batch of prompts, one forward pass over the prompts
@@ -36,8 +38,25 @@ from typing import Any
 import numpy as np
 
 from clinlm.llm.scorer import select_cache
+from clinlm.prompts import number_text
 
 DIGITS = "0123456789"
+
+
+def grid(lo: float, hi: float, decimals: int = 0) -> tuple[np.ndarray, list[str]]:
+    """The numeric answers of ``[lo, hi]`` in steps of ``10 ** -decimals``: their values and
+    their texts as training writes them (``5.0``, ``-0.5``, ``67``), from an integer grid (no
+    float drift: ``-0.0`` never appears). ``lo``/``hi`` must lie on the grid."""
+    scale = 10 ** int(decimals)
+    a, b = round(lo * scale), round(hi * scale)
+    if abs(a - lo * scale) > 1e-6 or abs(b - hi * scale) > 1e-6:
+        raise ValueError(f"the answer range [{lo}, {hi}] is not on a grid of {decimals} "
+                         "decimal(s)")
+    if b < a:
+        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
+    ints = np.arange(a, b + 1)
+    texts = [number_text(i, decimals) for i in ints]
+    return (ints if decimals == 0 else ints / scale), texts
 
 
 def summarize(values: np.ndarray, probs: np.ndarray,
@@ -75,17 +94,18 @@ def summarize(values: np.ndarray, probs: np.ndarray,
             "p_max": p.max(axis=1)}
 
 
-def digit_token_ids(tok: Any) -> dict[str, int]:
-    """``{'0': id, ..., '9': id}``; raises ``ValueError`` when a digit is not one token."""
+def digit_token_ids(tok: Any, chars: str = DIGITS) -> dict[str, int]:
+    """``{'0': id, ..., '9': id}`` (and any other ``chars``: ``.``, ``-``); raises
+    ``ValueError`` when one of them is not one token."""
     ids: dict[str, int] = {}
-    for d in DIGITS:
+    for d in chars:
         enc = tok(d, add_special_tokens=False)["input_ids"]
         if len(enc) != 1:
-            raise ValueError(f"digit {d!r} is {len(enc)} tokens {enc} in this tokenizer; "
-                             "numeric decoding needs one token per digit")
+            raise ValueError(f"{d!r} is {len(enc)} tokens {enc} in this tokenizer; "
+                             "numeric decoding needs one token per character")
         ids[d] = int(enc[0])
     if len(set(ids.values())) != len(ids):
-        raise ValueError(f"digits share token ids: {ids}")
+        raise ValueError(f"answer characters share token ids: {ids}")
     return ids
 
 
@@ -123,15 +143,17 @@ class _Prefixes:
         self.anc = np.array([[q != "" and p.startswith(q) for q in nodes] for p in nodes])
 
 
-def number_probs(scorer: Any, prompts: list[Any], lo: int, hi: int, strategy: str = "auto",
-                 chunk_size: int | None = None, desc: str = "numeric") -> tuple[np.ndarray, np.ndarray]:
-    """The exact probability of every integer answer ``lo..hi`` for each prompt.
+def number_probs(scorer: Any, prompts: list[Any], lo: float, hi: float, strategy: str = "auto",
+                 chunk_size: int | None = None, desc: str = "numeric",
+                 decimals: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The exact probability of every answer of the grid ``lo..hi`` (:func:`grid`) for each
+    prompt.
 
     Args:
         scorer: a :class:`clinlm.llm.scorer.Scorer` (or one following its protocol).
         prompts: the scorer's input items (chat-template texts ending with the assistant
             header; ``(text, image)`` pairs for the vision-language scorer).
-        lo, hi: the answer range (integers, ``0 <= lo <= hi``).
+        lo, hi: the answer range (on the grid of ``decimals``).
         strategy: how the digit positions after the first are scored, on top of the
             prompts' KV cache (the prompt itself runs once per row in every strategy):
 
@@ -145,16 +167,14 @@ def number_probs(scorer: Any, prompts: list[Any], lo: int, hi: int, strategy: st
             * ``"auto"``: ``tree`` when the attention implementation allows it, else ``levels``.
         chunk_size: ``levels`` only: (row, prefix) pairs per forward (default: the scorer's
             batch size; each holds a copy of its row's prompt KV cache).
+        decimals: the answers' decimals (0: whole numbers).
 
     Returns:
-        ``(values, probs)``: ``values`` ``(n_values,)`` = ``lo..hi``; ``probs``
+        ``(values, probs)``: ``values`` ``(n_values,)``, the grid; ``probs``
         ``(n_prompts, n_values)`` float64, rows summing to 1 (see the module docstring).
     """
     import torch
 
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi < lo:
-        raise ValueError(f"need 0 <= lo <= hi, got lo={lo}, hi={hi}")
     impl = scorer.attention_implementation
     if strategy == "auto":
         strategy = "tree" if impl in TREE_ATTENTION else "levels"
@@ -162,25 +182,26 @@ def number_probs(scorer: Any, prompts: list[Any], lo: int, hi: int, strategy: st
         raise ValueError(f"strategy must be 'auto', 'tree' or 'levels', not {strategy!r}")
     if strategy == "tree" and impl not in TREE_ATTENTION:
         raise ValueError(f"strategy 'tree' needs {TREE_ATTENTION} attention, not {impl!r}")
-    values = np.arange(lo, hi + 1)
-    numbers = [str(v) for v in values]
+    values, numbers = grid(lo, hi, decimals)
     n = len(prompts)
     if n == 0:
         return values, np.zeros((0, len(values)))
     tok = scorer.tok
-    dig = digit_token_ids(tok)
+    chars = DIGITS + ("." if decimals else "") + ("-" if lo < 0 else "")
+    dig = digit_token_ids(tok, chars)
     eot = tok.eos_token_id
     if eot is None:
         raise ValueError("the tokenizer has no eos (end-of-turn) token")
     if eot in dig.values():
         raise ValueError("the end-of-turn token is a digit token")
     check_digit_tokenization(tok, scorer.prompt_text(prompts[0]), numbers, dig)
-    alphabet = [dig[d] for d in DIGITS] + [int(eot)]  # column j < 10: digit j; 10: end
+    # column j < len(chars): character chars[j] (j < 10: digit j); the last one: end
+    alphabet = [dig[d] for d in chars] + [int(eot)]
     pre = _Prefixes(numbers)
     logp = np.zeros((n, len(pre.all), len(alphabet)), dtype=np.float64)
 
     def log_softmax(h: torch.Tensor) -> np.ndarray:
-        """(..., hidden) -> (..., 11) log-probabilities over the answer alphabet."""
+        """(..., hidden) -> (..., len(alphabet)) log-probabilities over the answer alphabet."""
         flat = h.reshape(-1, h.shape[-1]).float().cpu().numpy()
         logits = scorer.token_logits(flat, alphabet).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
@@ -215,12 +236,12 @@ def number_probs(scorer: Any, prompts: list[Any], lo: int, hi: int, strategy: st
                         int(chunk_size or scorer.batch_size), dev)
             del cache, res
 
-    # log P(number) = its digit steps + the end-of-turn step
+    # log P(number) = its character steps + the end-of-turn step
     total = np.zeros((n, len(numbers)))
     for j, s in enumerate(numbers):
         for k, c in enumerate(s):
-            total[:, j] += logp[:, pre.index[s[:k]], DIGITS.index(c)]
-        total[:, j] += logp[:, pre.index[s], len(DIGITS)]
+            total[:, j] += logp[:, pre.index[s[:k]], chars.index(c)]
+        total[:, j] += logp[:, pre.index[s], len(chars)]
     total -= total.max(axis=1, keepdims=True)
     probs = np.exp(total)
     return values, probs / probs.sum(axis=1, keepdims=True)
@@ -250,9 +271,11 @@ def _levels(scorer: Any, pre: _Prefixes, dig: dict[str, int], cache: Any, mask: 
             del sub
 
 
-def decode_numeric(scorer: Any, prompts: list[Any], lo: int, hi: int, loss: str = "mae",
-                   strategy: str = "auto", chunk_size: int | None = None) -> dict[str, np.ndarray]:
-    """Point estimate and 90 % interval of the integer answer for each prompt.
+def decode_numeric(scorer: Any, prompts: list[Any], lo: float, hi: float, loss: str = "mae",
+                   strategy: str = "auto", chunk_size: int | None = None,
+                   decimals: int = 0) -> dict[str, np.ndarray]:
+    """Point estimate and 90 % interval of the numeric answer for each prompt (the grid of
+    ``decimals`` in ``[lo, hi]``).
 
     Returns ``{"y_pred", "y_lo", "y_hi", "p_max"}`` (``(n,)`` float arrays): ``y_pred`` is
     the median of the answer distribution (``loss="mae"``, the MAE-optimal point) or its
@@ -263,7 +286,8 @@ def decode_numeric(scorer: Any, prompts: list[Any], lo: int, hi: int, loss: str 
     """
     if loss not in ("mae", "mse"):
         raise ValueError(f"loss must be 'mae' or 'mse', not {loss!r}")
-    values, probs = number_probs(scorer, prompts, lo, hi, strategy=strategy, chunk_size=chunk_size)
+    values, probs = number_probs(scorer, prompts, lo, hi, strategy=strategy, chunk_size=chunk_size,
+                                 decimals=decimals)
     if len(prompts) == 0:
         empty = np.zeros(0)
         return {"y_pred": empty, "y_lo": empty, "y_hi": empty, "p_max": empty}

@@ -4,9 +4,10 @@ One decision, made here and nowhere else, by :func:`resolve_precision`:
 
 * CUDA: bf16 when the GPU computes it natively (``torch.cuda.is_bf16_supported`` without
   emulation: Ampere and newer);
-* CPU: bf16 with AMX-BF16 (Xeon Sapphire Rapids+, bf16 matmul ~7x fp32) or AVX512-BF16
-  (Zen 4/5, Cooper Lake: 4.6x measured on a Zen 5 EPYC, BENCHMARKS.md); float32 on
-  AVX2-only CPUs, where bf16 is emulated (~100x slower than fp32 measured on one);
+* CPU: bf16 with AMX-BF16 (Xeon Sapphire Rapids+) or AVX512-BF16 (Zen 4/5, Cooper Lake),
+  where bf16 matmuls are several times faster than fp32; float32 on AVX2-only CPUs, where
+  bf16 is emulated and far slower (the measurements: BENCHMARKS.md, docs/results.md "Why
+  the defaults are what they are");
 * anything else (MPS, XPU, ARM): float32, the safe default.
 
 On a CPU, ``auto`` is also a question of the run's size (:func:`plan`): a run that plans
@@ -16,7 +17,7 @@ bf16 matmuls differently, and the default pipeline's metrics moved between them;
 float32 the same runs agree to 1e-3 across kernel sets (tests/test_cpu_repro.py). Short runs (the default ``dvc repro``, tests, a first try) are
 where a user compares metrics with the committed ones, and there float32 costs seconds to
 minutes; long runs keep bf16's speed. The same threshold as ``torch_compile: auto``
-(``clinlm.llm.fit.AUTO_COMPILE_MIN_TOKENS``): from there on a run gets both speed-ups.
+(``clinlm.llm.compile.AUTO_COMPILE_MIN_TOKENS``): from there on a run gets both speed-ups.
 Prediction follows its training run (:func:`plan_from_model` reads the recorded size), so a
 model trained in float32 is scored in float32.
 
@@ -125,8 +126,8 @@ def plan(planned_tokens: int | None) -> None:
 
 def plan_training(training: Mapping[str, Any], n_tokens: int | None, n_rows: int) -> None:
     """:func:`plan` from a ``training`` section and the rows about to be trained on
-    (``clinlm.llm.fit.planned_tokens``: epochs or ``max_steps``, every process's rows)."""
-    from clinlm.llm.fit import planned_tokens
+    (``clinlm.llm.compile.planned_tokens``: epochs or ``max_steps``, every process's rows)."""
+    from clinlm.llm.compile import planned_tokens
     plan(planned_tokens(dict(training), n_tokens, n_rows, int(os.environ.get("WORLD_SIZE", 1))))
 
 
@@ -148,7 +149,7 @@ def clear_plan() -> None:
 
 def _device_type(device: Any) -> str:
     if device is None:
-        from clinlm.llm.builders import local_device
+        from clinlm.llm.device import local_device
         device = local_device()
     return getattr(device, "type", None) or str(device).split(":")[0]
 

@@ -10,7 +10,7 @@ The protocol :mod:`clinlm.llm.numeric` and the methods use (no private attribute
 * ``autocast()``, ``token_logits(hidden, ids)``, ``attention_implementation``.
 
 The expensive part is the transformer body; the vocabulary projection happens only at the
-last prompt position and only for the candidate tokens (:func:`clinlm.llm.project.token_logits`).
+last prompt position and only for the candidate tokens (:func:`clinlm.llm.answer_logits.token_logits`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from clinlm.llm import project
+from clinlm.llm import answer_logits
 from clinlm.llm.builders import is_quantized, resolve_dtype
 
 
@@ -149,8 +149,9 @@ class Scorer:
     @classmethod
     def from_run(cls, model_dir: str | Path, cfg: dict[str, Any]) -> Scorer:
         """The base as in training (same bnb layout) + the saved adapter of a trained run."""
-        from clinlm.llm.load import load_model, load_tokenizer
+        from clinlm.llm.load import load_model
         from clinlm.llm.precision import plan_from_model
+        from clinlm.llm.tokenizer import load_tokenizer
 
         plan_from_model(model_dir)  # `auto` precision as in training (the run's size)
         pcfg = cfg["predict"]
@@ -239,7 +240,7 @@ class Scorer:
 
     def token_logits(self, hidden: np.ndarray, token_ids: list[int]) -> np.ndarray:
         """Logits of ``token_ids`` only, from final hidden states."""
-        return project.token_logits(self.lm_head, hidden, token_ids)
+        return answer_logits.token_logits(self.lm_head, hidden, token_ids)
 
     def first_token_ids(self, choices: list[str]) -> list[int]:
         """The first token of each answer string (see :func:`first_token_ids`)."""

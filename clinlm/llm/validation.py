@@ -29,8 +29,12 @@ import numpy as np
 import pandas as pd
 
 CLASSIFICATION_METRICS = ("loss", "roc_auc", "accuracy")
+MULTICLASS_METRICS = ("loss", "accuracy", "macro_roc_auc", "log_loss")
 REGRESSION_METRICS = ("loss", "mae")
-LOWER_IS_BETTER = ("loss", "mae")
+LOWER_IS_BETTER = ("loss", "mae", "log_loss")
+#: the validation metrics each task type computes
+METRICS = {"classification": CLASSIFICATION_METRICS, "multiclass": MULTICLASS_METRICS,
+           "regression": REGRESSION_METRICS}
 
 # TrainingArguments fields that only mean something with an evaluation set (besides every
 # `eval_*` field); a value other than the library's default needs `validation.rows`
@@ -84,11 +88,12 @@ def check_evaluation_keys(cfg: dict[str, Any], where: str) -> None:
     metric = training.get("metric_for_best_model")
     if metric is not None:
         name = str(metric).removeprefix("eval_")
-        known = CLASSIFICATION_METRICS + REGRESSION_METRICS
+        known = CLASSIFICATION_METRICS + MULTICLASS_METRICS + REGRESSION_METRICS
         if name not in known:
             raise ValueError(f"{where}.training.metric_for_best_model: {metric!r} is not a "
                              f"validation metric; use one of {', '.join(dict.fromkeys(known))} "
-                             f"(classification: roc_auc, accuracy; regression: mae)")
+                             f"(classification: roc_auc, accuracy; multiclass: accuracy, "
+                             f"macro_roc_auc, log_loss; regression: mae)")
     if validation.get("early_stopping_patience"):
         if metric is None:
             raise ValueError(f"{where}.validation.early_stopping_patience: set "
@@ -103,7 +108,7 @@ def check_metric(metric: str | None, task_type: str, where: str = "training") ->
     """``metric_for_best_model`` must be one the task's validation computes."""
     if metric is None:
         return
-    known = CLASSIFICATION_METRICS if task_type == "classification" else REGRESSION_METRICS
+    known = METRICS[task_type]
     if str(metric).removeprefix("eval_") not in known:
         raise ValueError(f"{where}.metric_for_best_model: {metric!r} is not computed for a "
                          f"{task_type} task; use one of {', '.join(known)}")
@@ -143,8 +148,8 @@ def split_validation(df: pd.DataFrame, rows: float | None, seed: int, group_by_p
 
 def train_rows(run: Any, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The rows an LLM run trains on and validates on: the validation slice out of the training
-    split first, then ``max_train_rows`` of the rest (:func:`clinlm.methods.base.subsample`)."""
-    from clinlm.methods.base import subsample
+    split first, then ``max_train_rows`` of the rest (:func:`clinlm.methods.interface.subsample`)."""
+    from clinlm.methods.interface import subsample
     cfg = run.cfg
     rest, val = split_validation(train_df, (cfg.get("validation") or {}).get("rows"), run.seed,
                                  bool(run.task_cfg.get("split", {}).get("group_by_patient")),
@@ -155,7 +160,11 @@ def train_rows(run: Any, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
 def score_metrics(pred: pd.DataFrame, y_true: pd.Series, task_type: str) -> dict[str, float]:
     """Validation metrics of one method's predictions (its ``predict`` schema) against the
     slice's labels, with the evaluate stage's definitions (:mod:`clinlm.metrics`)."""
-    from clinlm.metrics import classification_metrics, regression_metrics
+    from clinlm.metrics import classification_metrics, multiclass_metrics, regression_metrics
+    if task_type == "multiclass":
+        frame = pred.drop(columns=["id"]).assign(y_true=y_true.astype(str).to_numpy())
+        m, _ = multiclass_metrics(frame)
+        return {k: m[k] for k in ("accuracy", "macro_roc_auc", "log_loss")}
     if task_type == "classification":
         p = pred["p_yes"].to_numpy(float)
         frame = pd.DataFrame({"p_yes": p, "y_true": y_true.astype(str).to_numpy(),

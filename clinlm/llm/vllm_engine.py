@@ -83,8 +83,9 @@ def export_merged(model_dir: Path, cfg: dict[str, Any], out: Path, kind: str = "
     base and settings (``fingerprint.txt``) is kept as is.
     """
     from clinlm.io import atomic_dir
-    from clinlm.llm.load import load_model, load_tokenizer
+    from clinlm.llm.load import load_model
     from clinlm.llm.precision import resolve_cfg
+    from clinlm.llm.tokenizer import load_tokenizer
 
     cfg = resolve_cfg(cfg)  # `auto` -> this machine's dtype (and in the fingerprint)
     stamp = out / "fingerprint.txt"

@@ -26,7 +26,8 @@ output; hash of row ids, model, prompt, few-shot and temperature). A restarted p
 the rows already there (rows that failed transiently are asked again); the file is deleted
 after a complete predict unless ``keep_partial``.
 
-Output of predict: ``id`` (input order) + ``p_yes`` (1.0 for Yes, 0.0 for No) or ``y_pred``
+Output of predict: ``id`` (input order) + ``p_yes`` (1.0 for Yes, 0.0 for No), ``p_<label>``
+(multiclass: 1.0 for the label the reply names, 0.0 for the others) or ``y_pred``
 (first number in the reply; ``y_lo``/``y_hi`` NaN), ``raw`` (the reply text, kept even when
 unparseable) and ``ok`` (False for an unparseable or malformed reply, or a call that failed
 after all retries). No row is dropped; the counts are logged. 401/402/403/404/498 stop the
@@ -53,6 +54,7 @@ import pandas as pd
 
 from clinlm.cohere_client import (
     CohereConfig,
+    CohereModelConfig,
     FatalAPIError,
     MissingAPIKeyError,
     chat_text,
@@ -61,8 +63,19 @@ from clinlm.cohere_client import (
 )
 from clinlm.io import DataError, write_json
 from clinlm.jobs import PartialStore, RateLimiter, run_jobs
-from clinlm.methods.base import CLASSIFICATION, REGRESSION, Method, Run
-from clinlm.prompts import build_messages, format_answer
+from clinlm.methods.interface import (
+    CLASSES_FILE,
+    CLASSIFICATION,
+    LABELLED,
+    MULTICLASS,
+    REGRESSION,
+    Method,
+    Run,
+    class_probs,
+    read_classes,
+    training_classes,
+)
+from clinlm.prompts import answer_texts, build_messages, format_answer
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +112,31 @@ _YES_NO_ANY = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 
 
-def parse_answer(text: str | None, task_type: str) -> str | float | None:
-    """``"Yes"``/``"No"`` (classification) or the first number (regression); None if unparseable.
+def parse_label(text: str, texts: Mapping[str, str]) -> str | None:
+    """The label whose answer text (``texts``: label -> text) the reply gives: the one it
+    starts with (the longest, so "atrial flutter" wins over "atrial"), else the only one it
+    mentions; None when it names none, or several without starting with one."""
+    low = text.strip().lower()
+    by_len = sorted(texts.items(), key=lambda kv: -len(kv[1]))
+    for label, t in by_len:
+        if re.match(rf"^\W*{re.escape(t.lower())}(?!\w)", low):
+            return label
+    found = {label for label, t in by_len if re.search(rf"(?<!\w){re.escape(t.lower())}(?!\w)", low)}
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_answer(text: str | None, task_type: str,
+                 texts: Mapping[str, str] | None = None) -> str | float | None:
+    """``"Yes"``/``"No"`` (classification), a label (multiclass: :func:`parse_label` with
+    ``texts``) or the first number (regression); None if unparseable.
 
     Classification takes a leading yes/no, else the only one of yes/no the reply mentions
     (a reply that mentions both, or neither, is unparseable).
     """
     if not isinstance(text, str) or not text.strip():
         return None
+    if task_type == MULTICLASS:
+        return parse_label(text, texts or {})
     if task_type == CLASSIFICATION:
         m = _YES_NO_START.match(text)
         if m:
@@ -123,8 +153,10 @@ def parse_answer(text: str | None, task_type: str) -> str | float | None:
 
 
 def select_few_shot(train_df: pd.DataFrame, k: int, task_type: str,
-                    seed: int = 42) -> list[dict[str, str]]:
-    """``k`` training examples ``{"statement", "answer"}``; class-balanced for classification."""
+                    seed: int = 42, texts: Mapping[str, str] | None = None
+                    ) -> list[dict[str, str]]:
+    """``k`` training examples ``{"statement", "answer"}``; class-balanced for a labelled task
+    (``texts``: a multiclass run's label -> answer text)."""
     if k <= 0:
         return []
     for col in ("statement", "label"):
@@ -134,7 +166,7 @@ def select_few_shot(train_df: pd.DataFrame, k: int, task_type: str,
     if df.empty:
         raise DataError("train table", "no rows with statement and label for few-shot examples")
     rng = np.random.default_rng(seed)
-    if task_type == CLASSIFICATION:
+    if task_type in LABELLED:
         groups = [g.iloc[rng.permutation(len(g))] for _, g in df.groupby("label")]
         picked: list[pd.Series] = []
         for j in range(max(len(g) for g in groups)):  # round-robin over the classes
@@ -145,7 +177,7 @@ def select_few_shot(train_df: pd.DataFrame, k: int, task_type: str,
         rows = [picked[t] for t in rng.permutation(len(picked))]
     else:
         rows = [df.iloc[t] for t in rng.choice(len(df), size=min(k, len(df)), replace=False)]
-    return [{"statement": str(r["statement"]), "answer": format_answer(r["label"], task_type)}
+    return [{"statement": str(r["statement"]), "answer": format_answer(r["label"], task_type, texts)}
             for r in rows]
 
 
@@ -183,19 +215,23 @@ def predict_rows(df: pd.DataFrame, *, task_type: str, task_cfg: Mapping[str, Any
                  model_id: str, partial_path: str | Path, cfg: Mapping[str, Any] | None = None,
                  few_shot: Sequence[Mapping[str, str]] = (),
                  on_record: Callable[[dict[str, Any], int], None] | None = None,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True,
+                 classes: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Ask ``model_id`` about every row of ``df``; resumable through ``partial_path``.
 
     Returns (only once every row has an answer or a recorded failure) a DataFrame with
-    ``id`` in input order, ``p_yes`` (classification) or ``y_pred``/``y_lo``/``y_hi``
-    (regression), ``raw`` (reply text, or the malformed body; None for a failed call) and
+    ``id`` in input order, ``p_yes`` (classification), ``p_<label>`` (multiclass, the labels
+    of ``classes``) or ``y_pred``/``y_lo``/``y_hi`` (regression), ``raw`` (reply text, or the malformed body; None for a failed call) and
     ``ok`` (reply parsed). Rows already in ``partial_path`` (same ids, model, prompt,
     few-shot and temperature) are not asked again. ``on_record(record, n_done)`` is called
     after each new row is stored (tests use it to interrupt a run).
     """
     config = CohereConfig.from_cfg(cfg)
-    if task_type not in (CLASSIFICATION, REGRESSION):
+    if task_type not in (CLASSIFICATION, MULTICLASS, REGRESSION):
         raise ValueError(f"unknown task_type {task_type!r}")
+    if task_type == MULTICLASS and not classes:
+        raise ValueError("multiclass predict needs the run's classes")
+    texts = answer_texts(classes) if classes else None
     _check_predict_input(df)
     ids = df["id"].astype(str).tolist()
     jobs = [(i, build_chat(str(s), task_cfg, few_shot))
@@ -226,7 +262,7 @@ def predict_rows(df: pd.DataFrame, *, task_type: str, task_cfg: Mapping[str, Any
     unparseable, failed = [], []
     for i in ids:
         rec = done[i]
-        value = parse_answer(rec.get("raw"), task_type) if rec.get("error") is None else None
+        value = parse_answer(rec.get("raw"), task_type, texts) if rec.get("error") is None else None
         if rec.get("error") is not None:
             failed.append((i, rec["error"]))
         elif value is None:
@@ -236,6 +272,11 @@ def predict_rows(df: pd.DataFrame, *, task_type: str, task_cfg: Mapping[str, Any
         oks.append(value is not None)
     if task_type == CLASSIFICATION:
         out["p_yes"] = [np.nan if v is None else float(v == "Yes") for v in values]
+    elif task_type == MULTICLASS:
+        labels = list(classes["labels"])
+        p = np.array([[np.nan] * len(labels) if v is None else
+                      [float(v == c) for c in labels] for v in values]).reshape(-1, len(labels))
+        out.update(class_probs(labels, p))
     else:
         out["y_pred"] = [np.nan if v is None else float(v) for v in values]
         out["y_lo"] = [np.nan] * len(ids)
@@ -268,6 +309,9 @@ class CohereMethod(Method):
     """Cohere hosted chat model: train records model + few-shot examples, predict asks it."""
 
     name = "cohere"
+    config = CohereModelConfig
+    numeric_answer = True
+    ask_refusal = ("cohere runs call a paid remote API with a resumable per-id store")
 
     def check_ready(self, run: Run) -> None:
         """Stop with a clear message when ``CO_API_KEY`` is missing or the config is invalid."""
@@ -278,7 +322,11 @@ class CohereMethod(Method):
         ``few_shot_k`` examples predict will use in ``cohere_model.json``."""
         config = check_ready(run.cfg)
         t0 = time.monotonic()
-        few_shot = select_few_shot(train_df, config.few_shot_k, run.task_type, run.seed)
+        classes = training_classes(run, train_df) if run.task_type == MULTICLASS else None
+        few_shot = select_few_shot(train_df, config.few_shot_k, run.task_type, run.seed,
+                                   answer_texts(classes) if classes else None)
+        if classes:
+            write_json(run.model_dir / CLASSES_FILE, classes)
         write_json(run.model_dir / MODEL_FILE, {
             "model_id": config.base_model, "fine_tuned": False, "task_type": run.task_type,
             "few_shot": few_shot})
@@ -299,8 +347,9 @@ class CohereMethod(Method):
         scratch = run.work_dir or run.model_dir  # work_dir: not a DVC output
         scratch.mkdir(parents=True, exist_ok=True)
         partial = scratch / f"predictions.{key}.partial.jsonl"
+        classes = read_classes(run.model_dir) if run.task_type == MULTICLASS else None
         out = predict_rows(df, task_type=run.task_type, task_cfg=run.task_cfg, model_id=model_id,
-                           partial_path=partial, cfg=run.cfg, few_shot=few_shot)
+                           partial_path=partial, cfg=run.cfg, few_shot=few_shot, classes=classes)
         if not config.keep_partial:
             partial.unlink(missing_ok=True)
         return out

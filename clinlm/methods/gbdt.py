@@ -6,7 +6,7 @@ Regression also fits two quantile models (5 % and 95 %) for a 90 % interval. Fit
 from the point model, they can cross each other and miss the point estimate: the interval is
 made consistent (its ends ordered and widened to hold the estimate) and every value bounded by
 the task's answer range, ``clipped`` flagging a moved estimate
-(:func:`clinlm.methods.base.bounded_answers`).
+(:func:`clinlm.methods.interface.bounded_answers`).
 
 Saved with skops (``model.skops``), not pickle: a model folder pulled from a shared DVC remote
 must not run code when loaded. Loading trusts only the types a fitted HistGradientBoosting
@@ -21,11 +21,22 @@ import logging
 import time
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from clinlm.config import ModelCommon
 from clinlm.io import atomic_path, write_json
-from clinlm.methods.base import CLASSIFICATION, Method, Run, bounded_answers
+from clinlm.methods.interface import (
+    CLASSIFICATION,
+    MULTICLASS,
+    Method,
+    Run,
+    bounded_answers,
+    class_probs,
+    read_classes,
+    save_classes,
+    training_classes,
+)
 
 log = logging.getLogger(__name__)
 MODEL_FILE, FEATURES_FILE = "model.skops", "features.json"
@@ -99,6 +110,9 @@ class GBDTMethod(Method):
     """Gradient boosting on tabular features (classifier or regressor)."""
 
     name = "gbdt"
+    config = GBDTModelConfig
+    stack_role = "baseline"
+    library = "sklearn"
 
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         """Fit and save the model(s) to ``model_dir/model.skops`` (+ ``features.json``)."""
@@ -118,6 +132,11 @@ class GBDTMethod(Method):
         t0 = time.time()
         if run.task_type == CLASSIFICATION:
             models = {"main": HistGradientBoostingClassifier(**kw).fit(x, train_df["label"].eq("Yes"))}
+        elif run.task_type == MULTICLASS:  # the class index in the run's class order
+            classes = training_classes(run, train_df)
+            y = pd.Index(classes["labels"]).get_indexer(train_df["label"].astype(str))
+            models = {"main": HistGradientBoostingClassifier(**kw).fit(x, y)}
+            save_classes(run.model_dir, classes)
         else:
             y = train_df["label"].astype(float)
             models = {"main": HistGradientBoostingRegressor(**kw).fit(x, y)}
@@ -133,11 +152,29 @@ class GBDTMethod(Method):
                 "empty_features_left_out": empty,
                 "train_seconds": round(time.time() - t0, 2)}
 
-    def load(self, run: Run) -> dict[str, Any]:
+    def load(self, run: Run):
+        """The models read once (:meth:`load_models`); ``table -> predict rows``."""
+        loaded = self.load_models(run)
+        return lambda df: self.predict_loaded(run, df, loaded)
+
+    def answer_reading(self, run: Run) -> str:
+        ans = run.task_cfg.get("answer") or {}
+        what = {CLASSIFICATION: ".", MULTICLASS: ", one probability per label; the answer is "
+                "the most probable label."}
+        return ("scikit-learn HistGradientBoosting on the table's `f_*` features"
+                + what.get(run.task_type,
+                           f"; the estimate and its 90 % interval (5 %/95 % quantile models, "
+                           f"widened to hold the estimate) bounded to [{ans.get('min')}, "
+                           f"{ans.get('max')}]."))
+
+    def load_models(self, run: Run) -> dict[str, Any]:
         """The saved models and feature layout, read once (``clinlm ask`` / ``serve`` keep
         them in memory; :meth:`predict_loaded` uses them)."""
-        return {"models": load_models(run.model_dir / MODEL_FILE),
-                "features": json.loads((run.model_dir / FEATURES_FILE).read_text())}
+        loaded = {"models": load_models(run.model_dir / MODEL_FILE),
+                  "features": json.loads((run.model_dir / FEATURES_FILE).read_text())}
+        if run.task_type == MULTICLASS:
+            loaded["classes"] = read_classes(run.model_dir)
+        return loaded
 
     def predict_loaded(self, run: Run, df: pd.DataFrame, loaded: dict[str, Any]) -> pd.DataFrame:
         """:meth:`predict` with the models of :meth:`load` (nothing read from disk)."""
@@ -145,8 +182,9 @@ class GBDTMethod(Method):
 
     def predict(self, run: Run, df: pd.DataFrame,
                 loaded: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Probability of ``Yes`` (classification) or estimate + 90 % interval (regression)."""
-        loaded = self.load(run) if loaded is None else loaded
+        """Probability of ``Yes`` (classification), of each class (multiclass) or estimate +
+        90 % interval (regression)."""
+        loaded = self.load_models(run) if loaded is None else loaded
         m, saved = loaded["models"], loaded["features"]
         x = feature_frame(df).reindex(columns=saved["columns"])  # absent there: missing
         for c, cats in saved["categories"].items():  # unseen categories -> NaN, as in training
@@ -154,6 +192,11 @@ class GBDTMethod(Method):
                                   categories=cats)
         if run.task_type == CLASSIFICATION:
             return pd.DataFrame({"id": df["id"].to_numpy(), "p_yes": m["main"].predict_proba(x)[:, 1]})
+        if run.task_type == MULTICLASS:  # a class absent from training rows: probability 0
+            labels = loaded["classes"]["labels"]
+            p = np.zeros((len(x), len(labels)))
+            p[:, m["main"].classes_.astype(int)] = m["main"].predict_proba(x)
+            return pd.DataFrame({"id": df["id"].to_numpy(), **class_probs(labels, p)})
         est = bounded_answers(run.task_cfg, m["main"].predict(x), m["lo"].predict(x),
                               m["hi"].predict(x))
         return pd.DataFrame({"id": df["id"].to_numpy(), **est})

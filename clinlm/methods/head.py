@@ -7,6 +7,8 @@ tokenizer so the model can find that token (right padding).
 
 * classification (``Yes``/``No``): 2 outputs, label ``No`` -> 0, ``Yes`` -> 1, cross-entropy;
   ``p_yes`` is the softmax probability of class 1.
+* multiclass: one output per class (``classes.json``, the run's class order), cross-entropy;
+  ``p_<label>`` is the softmax over them.
 * regression (float label): 1 output, mean-squared error on the target standardised with
   the mean/std of the training rows; predictions are un-standardised (``y_pred``) and
   bounded by the task's answer range (``clipped`` flags a moved one); ``y_lo``/``y_hi`` are
@@ -34,10 +36,9 @@ Params keys (``models.<m>``, method ``head``; defaults in :mod:`clinlm.config`):
     fine-tunes as usual ("LP-FT", Kumar et al. 2022). ``random``: transformers' random init.
     ``auto`` (default): ``probe`` for regression, ``random`` for classification. Why: a random
     regression head outputs ~0 (the target mean) and, in a short CPU fine-tune, its scale grows
-    more slowly than the LoRA body changes, so predictions stay shrunk towards the mean (the
-    synthetic default: MAE 15.0 random, 10.9 probe, 40 steps); a classification head starts at
-    p = 0.5 and needs no scale, and the probe did not help it (synthetic no-show ROC-AUC 0.588
-    random, 0.516 probe; Kaggle, 2,000 rows: 0.687 probe, level with sft).
+    more slowly than the LoRA body changes, so predictions stay shrunk towards the mean; a
+    classification head starts at p = 0.5 and needs no scale, and the probe did not help it
+    (the measurements: docs/results.md, "Why the defaults are what they are").
   * ``predict.max_length`` is also the training truncation length.
   * the rest as every LLM method (``base``, ``dtype``, ``bnb``, ``lora``, ``training``, ...).
 
@@ -60,12 +61,16 @@ import pandas as pd
 from pydantic import PositiveInt
 
 from clinlm.llm.config import LLMConfig
-from clinlm.methods.base import (
+from clinlm.methods.interface import (
+    CLASSES_FILE,
     CLASSIFICATION,
+    MULTICLASS,
     REGRESSION,
     Method,
     Run,
     bounded_answers,
+    class_probs,
+    training_classes,
 )
 from clinlm.prompts import prompt_text
 
@@ -105,8 +110,16 @@ class TargetScaler:
         return np.asarray(z, dtype=np.float64) * self.std + self.mean
 
 
-def encode_labels(labels: pd.Series, task_type: str) -> np.ndarray:
-    """Classification: ``No``/``Yes`` -> 0/1 (int64); regression: float64 (no NaN allowed)."""
+def encode_labels(labels: pd.Series, task_type: str,
+                  classes: list[str] | None = None) -> np.ndarray:
+    """Classification: ``No``/``Yes`` -> 0/1 (int64); multiclass: the index in ``classes``
+    (int64); regression: float64 (no NaN allowed)."""
+    if task_type == MULTICLASS:
+        idx = pd.Index(classes or []).get_indexer(labels.astype(str))
+        if (idx < 0).any():
+            raise ValueError(f"labels {sorted(set(labels.astype(str)[idx < 0]))[:5]} are not "
+                             f"among the classes {classes}")
+        return idx.astype(np.int64)
     if task_type == CLASSIFICATION:
         bad = sorted(set(labels.astype(str)) - set(LABELS))
         if bad:
@@ -134,7 +147,7 @@ def head_loss(logits, labels, task_type: str, class_weights=None):
     import torch.nn.functional as F
 
     logits = logits.float()
-    if task_type == CLASSIFICATION:
+    if task_type in (CLASSIFICATION, MULTICLASS):
         weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
         loss = F.cross_entropy(logits, labels.long().view(-1), weight=weight, reduction="sum")
     else:
@@ -219,20 +232,29 @@ def pooled_states(model, tok, ids: list[list[int]], batch_size: int = 32,
 
 
 def resolve_head_init(head_init: str, task_type: str) -> str:
-    """``auto`` -> ``probe`` for regression, ``random`` for classification (module docstring)."""
+    """``auto`` -> ``probe`` for regression, ``random`` for classification and multiclass
+    (module docstring)."""
     if head_init != "auto":
         return head_init
-    return "random" if task_type == CLASSIFICATION else "probe"
+    return "probe" if task_type == REGRESSION else "random"
 
 
-def probe_weights(x: np.ndarray, y: np.ndarray, task_type: str, seed: int = 0
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
+def probe_weights(x: np.ndarray, y: np.ndarray, task_type: str, seed: int = 0,
+                  num_labels: int = 2) -> tuple[np.ndarray, dict[str, Any]]:
     """Head weights (num_labels, hidden) of a linear probe on pooled states ``x``, without a
-    bias (the Llama-family head has none): ridge on the standardised regression target, or
-    a logistic regression whose +/- half coefficients are the two class rows (softmax of the
-    rows = the probe's sigmoid). The penalty is chosen by 5-fold cross-validation."""
+    bias (the Llama-family head has none): ridge on the standardised regression target, a
+    logistic regression whose +/- half coefficients are the two class rows (softmax of the
+    rows = the probe's sigmoid), or a multinomial one whose rows are the classes' (multiclass;
+    a class the probe rows lack keeps zeros). The penalty is chosen by 5-fold
+    cross-validation."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 
+    if task_type == MULTICLASS:
+        clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7).tolist(), cv=5, fit_intercept=False,
+                                   max_iter=2000, random_state=seed).fit(x, y)
+        w = np.zeros((num_labels, x.shape[1]))
+        w[clf.classes_.astype(int)] = clf.coef_
+        return w, {"C": float(np.atleast_1d(clf.C_)[0])}
     if task_type == CLASSIFICATION:
         clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7).tolist(), cv=5, fit_intercept=False,
                                    max_iter=2000, random_state=seed).fit(x, y)
@@ -260,13 +282,13 @@ def init_head_from_probe(model, heads: list[str], weights: np.ndarray) -> int:
 
 
 def _tokenizer(path: str | Path):
-    from clinlm.llm.load import load_tokenizer
+    from clinlm.llm.tokenizer import load_tokenizer
     return load_tokenizer(path, padding_side="right", truncation_side="left")
 
 
 def _head_kwargs(task_type: str, num_labels: int, pad_token_id: int) -> dict[str, Any]:
     """``from_pretrained`` kwargs of the sequence-classification model."""
-    problem = "single_label_classification" if task_type == CLASSIFICATION else "regression"
+    problem = ("regression" if task_type == REGRESSION else "single_label_classification")
     return {"num_labels": num_labels, "problem_type": problem, "pad_token_id": pad_token_id}
 
 
@@ -291,6 +313,10 @@ class HeadMethod(Method):
     """
 
     name = "head"
+    config = HeadModelConfig
+    llm = exportable = True
+    stack_role = "llm"
+    library, hub_pipeline = "peft", "text-classification"
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -311,15 +337,17 @@ class HeadMethod(Method):
         from clinlm.llm.validation import score_metrics, train_rows
 
         cfg = run.cfg
+        classes = training_classes(run, train_df) if run.task_type == MULTICLASS else None
+        order = classes["labels"] if classes else None
         df, val = train_rows(run, train_df)  # the validation slice first, then max_train_rows
-        y = encode_labels(df["label"], run.task_type)
-        classification = run.task_type == CLASSIFICATION
-        num_labels = 2 if classification else 1
+        y = encode_labels(df["label"], run.task_type, order)
+        classification = run.task_type in (CLASSIFICATION, MULTICLASS)
+        num_labels = len(order) if order else 2 if classification else 1
         scaler, weights = None, None
         if classification:
             labels = y.tolist()
             if cfg["class_weights"] == "balanced":
-                weights = balanced_class_weights(y)
+                weights = balanced_class_weights(y, num_labels)
         else:
             if cfg["class_weights"] is not None:
                 log.info("class_weights=%r ignored for a regression task", cfg["class_weights"])
@@ -340,7 +368,7 @@ class HeadMethod(Method):
         cw = None if weights is None else torch.tensor(weights, dtype=torch.float32)
         probe = None
         if resolve_head_init(cfg["head_init"], run.task_type) == "probe":
-            probe = self._probe_init(run, model, tok, ids, np.asarray(labels), heads)
+            probe = self._probe_init(run, model, tok, ids, np.asarray(labels), heads, num_labels)
 
         def loss_fn(model, inputs):
             inputs = dict(inputs)
@@ -348,12 +376,13 @@ class HeadMethod(Method):
             return head_loss(model(**inputs).logits, labels, run.task_type, cw)
 
         meta = {"task_type": run.task_type, "num_labels": num_labels,
-                "labels": LABELS if classification else None,
+                "labels": ({c: i for i, c in enumerate(order)} if order else
+                           LABELS if classification else None),
                 "scaler": asdict(scaler) if scaler else None, "question": question,
                 "head_modules": heads, "class_weights": weights, "max_length": max_length}
         eval_data, validate = None, None
         if val is not None:  # eval_loss on the slice; its metrics from predict's own code
-            v = encode_labels(val["label"], run.task_type)
+            v = encode_labels(val["label"], run.task_type, order)
             eval_data = Dataset.from_dict({
                 "input_ids": tok(head_texts(val["statement"].tolist(), question), truncation=True,
                                  max_length=max_length)["input_ids"],
@@ -367,7 +396,8 @@ class HeadMethod(Method):
         trainer, info = fit(run, model, Dataset.from_dict({"input_ids": ids, "labels": labels}),
                             processing_class=tok, loss_fn=loss_fn,
                             data_collator=DataCollatorWithPadding(tok), callbacks=extra_callbacks,
-                            n_tokens=sum(map(len, ids)), meta_files={META_FILE: meta},
+                            n_tokens=sum(map(len, ids)),
+                            meta_files={META_FILE: meta, **({CLASSES_FILE: classes} if classes else {})},
                             eval_dataset=eval_data, validate=validate)
         self.model, self.tok, self.meta = trainer.model.eval(), tok, meta
         info.update(n_train=len(df), n_train_available=len(train_df), head_modules=heads,
@@ -378,7 +408,7 @@ class HeadMethod(Method):
 
     @staticmethod
     def _probe_init(run: Run, model, tok, ids: list[list[int]], y: np.ndarray,
-                    heads: list[str]) -> dict[str, Any]:
+                    heads: list[str], num_labels: int) -> dict[str, Any]:
         """``head_init: probe``: fit the probe on up to ``head_init_rows`` training rows (a
         seeded draw) and copy it into the head; returns what was done, for train_info."""
         from clinlm.llm.scorer import autocast_dtype
@@ -388,11 +418,11 @@ class HeadMethod(Method):
         pick = np.sort(rng.choice(len(ids), n, replace=False))
         x = pooled_states(model, tok, [ids[i] for i in pick], cfg["predict"]["batch_size"],
                           autocast_dtype(cfg))
-        w, penalty = probe_weights(x, y[pick], run.task_type, run.seed)
+        w, penalty = probe_weights(x, y[pick], run.task_type, run.seed, num_labels)
         init_head_from_probe(model, heads, w)
         return {"method": "probe", "rows": n, **penalty}
 
-    def load(self, run: Run) -> tuple[Any, Any, dict[str, Any]]:
+    def load_model(self, run: Run) -> tuple[Any, Any, dict[str, Any]]:
         """(model, tokenizer, meta) from ``run.model_dir``: base as in training + the adapter."""
         from clinlm.llm.load import load_model
         from clinlm.llm.precision import plan_from_model
@@ -418,11 +448,14 @@ class HeadMethod(Method):
         logits = head_logits(model, tok, texts, pcfg["batch_size"], pcfg["max_length"],
                              autocast_dtype(run.cfg), desc=f"head {run.task}")
         ids = df["id"].to_numpy()
-        if meta["task_type"] == CLASSIFICATION:
+        if meta["task_type"] in (CLASSIFICATION, MULTICLASS):
             z = logits.astype(np.float64)
             z -= z.max(axis=1, keepdims=True)
             p = np.exp(z)
             p /= p.sum(axis=1, keepdims=True)
+            if meta["task_type"] == MULTICLASS:  # head.json's labels: {label: output}
+                order = sorted(meta["labels"], key=meta["labels"].get)
+                return pd.DataFrame({"id": ids, **class_probs(order, p)})
             return pd.DataFrame({"id": ids, "p_yes": p[:, LABELS["Yes"]]})
         scaler = TargetScaler(**meta["scaler"])
         return pd.DataFrame({"id": ids, **bounded_answers(run.task_cfg,
@@ -430,5 +463,37 @@ class HeadMethod(Method):
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """Load base + adapter from ``run.model_dir`` and score every row (batched)."""
-        model, tok, meta = self.load(run)
+        model, tok, meta = self.load_model(run)
         return self.predict_loaded(run, df, model, tok, meta)
+
+    def load(self, run: Run):
+        """The model loaded once (:meth:`load_model`); ``table -> predict rows``."""
+        model, tok, meta = self.load_model(run)
+        return lambda df: self.predict_loaded(run, df, model, tok, meta)
+
+    def export_spec(self, run: Run) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """A sequence-classification folder with the trained head; ``head.json`` beside it
+        (the regression scaler); the labels as ``id2label``."""
+        from clinlm.llm.tokenizer import load_tokenizer
+
+        meta_path = run.model_dir / META_FILE
+        meta = json.loads(meta_path.read_text())
+        kw = _head_kwargs(meta["task_type"], int(meta["num_labels"]),
+                          load_tokenizer(run.model_dir).pad_token_id)
+        if meta["task_type"] in (CLASSIFICATION, MULTICLASS):  # multiclass: head.json's
+            names = dict(LABELS) if meta["task_type"] == CLASSIFICATION else meta["labels"]
+            kw["label2id"] = {name: int(i) for name, i in names.items()}
+            kw["id2label"] = {int(i): name for name, i in names.items()}
+        return "seq_cls", kw, {META_FILE: meta_path.read_text()}
+
+    def answer_reading(self, run: Run) -> str:
+        ans = run.task_cfg.get("answer") or {}
+        head = "A linear head on the last token's hidden state (sequence classification): "
+        if run.task_type == CLASSIFICATION:
+            return head + "softmax over No/Yes gives P(Yes)."
+        if run.task_type == MULTICLASS:
+            return head + ("one output per label; its softmax gives each label's probability. "
+                           "The answer is the most probable label.")
+        return head + ("one output, the standardised target; `head.json` holds the training "
+                       "mean/std that turn it into the target's units, bounded to "
+                       f"[{ans.get('min')}, {ans.get('max')}] (no interval).")

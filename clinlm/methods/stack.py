@@ -6,16 +6,18 @@ model names of runs of that task). It is fitted on a HELD-OUT part of the traini
 never the test split, never a row the LLM trained on:
 
 * holdout: the training rows outside the LLM's own seeded subsample (``max_train_rows``,
-  ``clinlm.methods.base.subsample`` with the LLM's seed: exactly the rows it saw), of which a
+  ``clinlm.methods.interface.subsample`` with the LLM's seed: exactly the rows it saw), of which a
   seeded ``n_holdout`` are drawn (asserted disjoint from the LLM's rows and the test split);
 * LLM scores on the holdout: the LLM method's real ``predict`` on those rows;
 * baseline scores on the holdout: out-of-fold -- the holdout in ``folds`` parts, the gbdt
   refitted with the baseline run's own hyper-parameters on every training row outside a part
   and scoring that part (nearly the whole training split, like the deployed baseline);
-* combiner: logistic regression on [logit p_yes(LLM), logit p_yes(gbdt)] (classification) or
-  linear regression on [y_pred(LLM), y_pred(gbdt)] (regression; 90 % interval from the
-  cross-validated holdout residuals' 5 / 95 % quantiles). Inputs are standardised, so a
-  coefficient is "per SD of that member's score"; saved as JSON (no pickle).
+* combiner (:mod:`clinlm.methods.combiner`): logistic regression on [logit p_yes(LLM),
+  logit p_yes(gbdt)] (classification), a log-linear pool of the members' class probabilities
+  (multiclass: one weight per member, an intercept per class) or linear regression on
+  [y_pred(LLM), y_pred(gbdt)] (regression; 90 % interval from the cross-validated holdout
+  residuals' 5 / 95 % quantiles). Inputs are standardised, so a coefficient is "per SD of
+  that member's score"; saved as JSON (no pickle).
 
 The LLM's coefficient gets a bootstrap interval on the holdout (the same resampled rows refit
 in one batched solve): an interval above 0 means the LLM adds information given the baseline.
@@ -38,13 +40,24 @@ import pandas as pd
 from pydantic import Field, PositiveInt
 
 from clinlm.config import ModelCommon
-from clinlm.io import write_json
-from clinlm.methods.base import CLASSIFICATION, Method, Run, bounded_answers, subsample
+from clinlm.io import read_parquet, write_json
+from clinlm.methods import Method
+from clinlm.methods.combiner import Combiner, combine_scores, fit_combiner, folds_of
+from clinlm.methods.interface import (
+    CLASSIFICATION,
+    MULTICLASS,
+    Run,
+    bounded_answers,
+    class_probs,
+    labels_of,
+    prob_columns,
+    read_classes,
+    save_classes,
+    subsample,
+    training_classes,
+)
 
 COMBINER_FILE, HOLDOUT_FILE = "combiner.json", "holdout_ids.json"
-LLM_MEMBER_METHODS = ("sft", "head")
-EPS = 1e-6  # p_yes clipped to [EPS, 1 - EPS] before the logit
-RIDGE = 1e-6  # keeps the logistic fit finite when the holdout is separable
 
 
 class StackModelConfig(ModelCommon):
@@ -52,119 +65,6 @@ class StackModelConfig(ModelCommon):
     n_holdout: PositiveInt = 300   # training rows outside the LLM's, for the combiner
     folds: int = Field(5, ge=2)    # baseline out-of-fold parts of the holdout
     n_boot: PositiveInt = 1000     # bootstrap resamples for the LLM coefficient's interval
-
-
-# ---------------------------------------------------------------- combiner math (batched)
-
-def member_features(task_type: str, llm: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """(n, 2) combiner inputs: the members' logits (classification) or estimates (regression)."""
-    x = np.column_stack([np.asarray(llm, float), np.asarray(base, float)])
-    if task_type == CLASSIFICATION:
-        x = np.clip(x, EPS, 1 - EPS)
-        x = np.log(x / (1 - x))
-    return x
-
-
-def fit_weighted(task_type: str, x: np.ndarray, y: np.ndarray, w: np.ndarray,
-                 iters: int = 50) -> np.ndarray:
-    """Coefficients (b, 1 + k) -- intercept first -- for each row of weights ``w`` (b, n).
-
-    Regression: weighted least squares; classification: weighted logistic regression by
-    Newton / IRLS, all weight vectors at once (a bootstrap is one batched solve per step).
-    """
-    w = np.atleast_2d(w)
-    xi = np.column_stack([np.ones(len(x)), x])
-    k = xi.shape[1]
-    ridge = RIDGE * np.diag([0.0] + [1.0] * (k - 1))
-    if task_type != CLASSIFICATION:
-        h = np.einsum("bn,ni,nj->bij", w, xi, xi) + ridge
-        return np.linalg.solve(h, ((w * y) @ xi)[..., None])[..., 0]
-    beta = np.zeros((len(w), k))
-    for _ in range(iters):
-        mu = 1 / (1 + np.exp(-(beta @ xi.T)))
-        grad = (w * (y - mu)) @ xi - beta @ ridge
-        h = np.einsum("bn,ni,nj->bij", w * mu * (1 - mu), xi, xi) + ridge
-        step = np.linalg.solve(h, grad[..., None])[..., 0]
-        beta += step
-        if np.abs(step).max() < 1e-10:
-            break
-    return beta
-
-
-class Combiner:
-    """Standardised linear combiner of the two members (JSON in, JSON out)."""
-
-    def __init__(self, task_type: str, mean: list[float], scale: list[float],
-                 intercept: float, coef: list[float], residual_q: list[float] | None = None):
-        self.task_type, self.mean, self.scale = task_type, np.asarray(mean), np.asarray(scale)
-        self.intercept, self.coef = float(intercept), np.asarray(coef, float)
-        self.residual_q = residual_q
-
-    @classmethod
-    def fit(cls, task_type: str, x: np.ndarray, y: np.ndarray) -> Combiner:
-        mean, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
-        beta = fit_weighted(task_type, (x - mean) / scale, y, np.ones(len(x)))[0]
-        return cls(task_type, mean.tolist(), scale.tolist(), beta[0], beta[1:].tolist())
-
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """p_yes (classification) or the estimate (regression)."""
-        z = self.intercept + ((x - self.mean) / self.scale) @ self.coef
-        return 1 / (1 + np.exp(-z)) if self.task_type == CLASSIFICATION else z
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task_type": self.task_type, "features": ["llm", "baseline"],
-                "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "intercept": self.intercept, "coef": self.coef.tolist(),
-                "residual_q": self.residual_q}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Combiner:
-        return cls(d["task_type"], d["mean"], d["scale"], d["intercept"], d["coef"],
-                   d.get("residual_q"))
-
-
-def cross_validated(task_type: str, x: np.ndarray, y: np.ndarray, folds: int,
-                    seed: int) -> np.ndarray:
-    """Out-of-fold combiner scores on the holdout (its honest holdout metric, residuals)."""
-    out = np.empty(len(y))
-    for train_idx, test_idx in _folds(task_type, y, folds, seed):
-        out[test_idx] = Combiner.fit(task_type, x[train_idx], y[train_idx]).score(x[test_idx])
-    return out
-
-
-def llm_coefficient(task_type: str, x: np.ndarray, y: np.ndarray, n_boot: int,
-                    seed: int) -> dict[str, Any]:
-    """The LLM's standardised coefficient with a 95 % bootstrap interval over holdout rows."""
-    from clinlm.bootstrap import percentile_interval, resample_weights
-
-    mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-    xs = (x - mean) / scale
-    point = float(fit_weighted(task_type, xs, y, np.ones(len(y)))[0, 1])
-    boot = np.concatenate([fit_weighted(task_type, xs, y, w)[:, 1]
-                           for w in resample_weights(len(y), n_boot, seed)])
-    ci = percentile_interval(boot)
-    verdict = ("adds information" if ci[0] > 0 else
-               "negative weight" if ci[1] < 0 else "no added information (interval holds 0)")
-    return {"value": point, "ci95": ci, "n_boot": n_boot, "verdict": verdict}
-
-
-def _folds(task_type: str, y: np.ndarray, folds: int, seed: int):
-    from sklearn.model_selection import KFold, StratifiedKFold
-    if task_type == CLASSIFICATION:
-        return StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)
-    return KFold(folds, shuffle=True, random_state=seed).split(y)
-
-
-def holdout_metrics(task_type: str, y: np.ndarray, scores: dict[str, np.ndarray]) -> dict:
-    """ROC-AUC / PR-AUC or MAE of each score on the holdout rows."""
-    from clinlm.bootstrap import weighted_average_precision, weighted_mae, weighted_roc_auc
-    ones = np.ones((1, len(y)))
-    if task_type == CLASSIFICATION:
-        return {k: {"roc_auc": float(weighted_roc_auc(s, y == 1, ones)[0]),
-                    "pr_auc": float(weighted_average_precision(s, y == 1, ones)[0])}
-                for k, s in scores.items()}
-    return {k: {"mae": float(weighted_mae(y, s, ones)[0])} for k, s in scores.items()}
 
 
 # ---------------------------------------------------------------- members
@@ -180,7 +80,10 @@ class Members:
 
 
 def resolve_members(run: Run, params: dict[str, Any]) -> Members:
-    """The stack run's entry in ``runs.stack`` (by task and model) and its two member runs."""
+    """The stack run's entry in ``runs.stack`` (by task and model) and its two member runs:
+    for each role, a run of the same task whose model the entry names and whose method
+    declares that role (:attr:`~clinlm.methods.interface.Method.stack_role`)."""
+    from clinlm.methods import method_class, method_names
     from clinlm.params import all_runs
     from clinlm.runs import make_run
 
@@ -192,7 +95,8 @@ def resolve_members(run: Run, params: dict[str, Any]) -> Members:
                          f"{run.model!r}, found {[n for n, _ in mine]}")
     name, spec = mine[0]
     found = {}
-    for role, methods in (("llm", LLM_MEMBER_METHODS), ("baseline", ("gbdt",))):
+    for role in ("llm", "baseline"):
+        allowed = tuple(m for m in method_names() if method_class(m).stack_role == role)
         model = spec.get(role)
         hits = [n for n, s in runs.items() if s["task"] == run.task and s["model"] == model]
         if not model or not hits:
@@ -200,58 +104,61 @@ def resolve_members(run: Run, params: dict[str, Any]) -> Members:
                              f"{run.task} run (name the member's model, e.g. "
                              f"{'smollm2-sft' if role == 'llm' else 'gbdt'})")
         member = make_run(hits[0], params)
-        if member.cfg["method"] not in methods:
+        if member.cfg["method"] not in allowed:
             raise ValueError(f"runs.stack.{name}.{role}: {hits[0]} is method "
-                             f"{member.cfg['method']!r}; a stack's {role} must be one of {methods}")
+                             f"{member.cfg['method']!r}; a stack's {role} must be one of {allowed}")
         found[role] = (hits[0], member)
     return Members(found["llm"][0], found["llm"][1], found["baseline"][0], found["baseline"][1])
 
 
+def members_of(run: Run) -> Members:
+    """The members :meth:`StackMethod.bind` gave ``run`` (from params, by ``make_run``)."""
+    if set(run.members) != {"llm", "baseline"}:
+        raise ValueError(f"{run.model}: a stack run needs its llm and baseline member runs; "
+                         "build it with clinlm.runs.make_run (which binds them from params)")
+    (llm_name, llm), (baseline_name, baseline) = run.members["llm"], run.members["baseline"]
+    return Members(llm_name, llm, baseline_name, baseline)
+
+
 def member_method(run: Run) -> Method:
-    """The member's method, imported by name here (not only via the registry), so the stack's
-    stages list exactly this code among their deps (tests/test_dvc_deps.py follows imports)."""
-    method = run.cfg["method"]
-    if method == "sft":
-        from clinlm.methods.sft import SFTMethod
-        return SFTMethod()
-    if method == "head":
-        from clinlm.methods.head import HeadMethod
-        return HeadMethod()
-    if method == "gbdt":
-        from clinlm.methods.gbdt import GBDTMethod
-        return GBDTMethod()
-    raise ValueError(f"{run.model}: a stack cannot hold a {method!r} member")
+    """The member's method (the registry's), refused when it cannot be a stack member."""
+    from clinlm.methods import get_method
+    method = get_method(run.cfg["method"])
+    if method.stack_role is None:
+        raise ValueError(f"{run.model}: a stack cannot hold a {method.name!r} member")
+    return method
 
 
 def load_member(run: Run) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """The run's model loaded ONCE; returns ``table -> its predict rows`` (the numbers its
-    method's ``predict`` gives, without loading anything again): what ``clinlm ask`` /
-    ``serve`` keep in memory, for a stack's members and for sft / head / gbdt runs alike.
-    An sft run on the vllm engine is the exception: its engine loads per call."""
-    method, name = member_method(run), run.cfg["method"]
-    if name == "head":
-        model, tok, meta = method.load(run)
-        return lambda df: method.predict_loaded(run, df, model, tok, meta)
-    if name == "sft" and run.cfg["predict"]["engine"] != "vllm":
-        from clinlm.llm.scorer import Scorer
-        from clinlm.methods.sft import score_rows
-
-        scorer = Scorer.from_run(run.model_dir, run.cfg)
-        return lambda df: score_rows(scorer, run, df)
-    if name == "gbdt":
-        loaded = method.load(run)
-        return lambda df: method.predict_loaded(run, df, loaded)
-    return lambda df: method.predict(run, df)
+    """The member's model loaded once per process (:func:`clinlm.methods.load_once`)."""
+    from clinlm.methods import load_once
+    member_method(run)
+    return load_once(run)
 
 
 def _member_scores(run: Run, df: pd.DataFrame,
-                   predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> np.ndarray:
+                   predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                   labels: list[str] | None = None) -> np.ndarray:
     """The member's p_yes / y_pred for ``df``'s rows, in order, through its own predict (or
-    ``predict``, its loaded form from :func:`load_member`)."""
+    ``predict``, its loaded form from :func:`load_member`); multiclass: its (n, k)
+    probabilities of the stack's ``labels``."""
     out = (predict or (lambda d: member_method(run).predict(run, d)))(df)
     if list(out["id"].astype(str)) != list(df["id"].astype(str)):
         raise RuntimeError(f"{run.model}: predict returned rows out of order or missing")
-    return out["p_yes" if run.task_type == CLASSIFICATION else "y_pred"].to_numpy(float)
+    return member_values(run, out, labels)
+
+
+def member_values(run: Run, out: pd.DataFrame, labels: list[str] | None = None) -> np.ndarray:
+    """A member's scores in a predictions table: ``p_yes``, ``y_pred`` or, multiclass, the
+    probabilities of ``labels`` (n, k). A class the member never trained on (a baseline fold
+    short of a rare label) has probability 0; a class outside ``labels`` is an error."""
+    if run.task_type != MULTICLASS:
+        return out["p_yes" if run.task_type == CLASSIFICATION else "y_pred"].to_numpy(float)
+    extra = sorted(set(labels_of(out.columns)) - set(labels or []))
+    if extra:
+        raise ValueError(f"{run.model}: classes {extra} are not the stack's {labels}; rerun "
+                         "the member's train stage")
+    return out.reindex(columns=prob_columns(labels or []), fill_value=0.0).to_numpy(float)
 
 
 def select_holdout(train_df: pd.DataFrame, llm: Run, n_holdout: int, seed: int,
@@ -277,69 +184,47 @@ def select_holdout(train_df: pd.DataFrame, llm: Run, n_holdout: int, seed: int,
 
 
 def baseline_oof(baseline: Run, train_df: pd.DataFrame, holdout: pd.DataFrame, folds: int,
-                 seed: int) -> np.ndarray:
+                 seed: int, labels: list[str] | None = None) -> np.ndarray:
     """Baseline scores on the holdout, each from a gbdt (the baseline run's own settings)
-    fitted on every training row outside that holdout part."""
-    y = _target(baseline.task_type, holdout)
-    out = np.empty(len(holdout))
+    fitted on every training row outside that holdout part (multiclass: the probabilities
+    of ``labels``)."""
+    y = _target(baseline.task_type, holdout, labels)
+    out = np.empty((len(holdout), len(labels)) if labels else len(holdout))
     ids = train_df["id"].astype(str)
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (_, part) in enumerate(_folds(baseline.task_type, y, folds, seed)):
+        for k, (_, part) in enumerate(folds_of(baseline.task_type, y, folds, seed)):
             fold_run = dataclasses.replace(baseline, model_dir=Path(tmp) / f"fold{k}",
                                            log_dir=None, work_dir=None)
             held = set(holdout["id"].astype(str).iloc[part])
             member_method(fold_run).train(fold_run, train_df[~ids.isin(held)])
-            out[part] = _member_scores(fold_run, holdout.iloc[part])
+            out[part] = _member_scores(fold_run, holdout.iloc[part], labels=labels)
     return out
 
 
-def _target(task_type: str, df: pd.DataFrame) -> np.ndarray:
+def _target(task_type: str, df: pd.DataFrame, labels: list[str] | None = None) -> np.ndarray:
+    """1/0 for Yes/No, the class index in ``labels`` (multiclass) or the number."""
     if task_type == CLASSIFICATION:
         return df["label"].eq("Yes").to_numpy(float)
+    if task_type == MULTICLASS:
+        return pd.Index(labels).get_indexer(df["label"].astype(str))
     return df["label"].to_numpy(float)
-
-
-def fit_combiner(task_type: str, llm: np.ndarray, base: np.ndarray, y: np.ndarray, folds: int,
-                 seed: int, n_boot: int) -> tuple[Combiner, dict[str, Any]]:
-    """The combiner fitted on the holdout rows both members scored, and its report: rows used,
-    coefficients, the LLM coefficient's bootstrap interval, each member's and the
-    cross-validated stack's holdout metrics (regression: the 90 % residual quantiles too)."""
-    ok = ~(np.isnan(llm) | np.isnan(base))  # rows a member could not score
-    x, y = member_features(task_type, llm[ok], base[ok]), y[ok]
-    comb = Combiner.fit(task_type, x, y)
-    cv = cross_validated(task_type, x, y, folds, seed)
-    if task_type != CLASSIFICATION:
-        comb.residual_q = np.quantile(y - cv, [0.05, 0.95]).tolist()
-    return comb, {
-        "n_holdout": int(ok.sum()), "n_holdout_failed": int((~ok).sum()), "folds": folds,
-        "combiner": {"intercept": comb.intercept,
-                     "coef": dict(zip(["llm", "baseline"], comb.coef.tolist(), strict=True)),
-                     "inputs": "standardised " + ("logits" if task_type == CLASSIFICATION
-                                                  else "estimates")},
-        "llm_coef": llm_coefficient(task_type, x, y, n_boot, seed),
-        "holdout_metrics": holdout_metrics(task_type, y, {"llm": llm[ok], "baseline": base[ok],
-                                                          "stack (cross-validated)": cv})}
-
-
-def combine_scores(comb: Combiner, llm: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """The combiner on the members' scores; NaN where a member has none."""
-    ok = ~(np.isnan(llm) | np.isnan(base))
-    out = np.full(len(llm), np.nan)
-    out[ok] = comb.score(member_features(comb.task_type, llm[ok], base[ok]))
-    return out
 
 
 def fit_stack(run: Run, train_df: pd.DataFrame, members: Members) -> dict[str, Any]:
     """Fit the combiner on held-out training rows and save it; returns the train info."""
     cfg, t0 = run.cfg, time.time()
     test_path = run.data_dir / "test.parquet"
-    test_ids = (set(pd.read_parquet(test_path, columns=["id"])["id"].astype(str))
+    test_ids = (set(read_parquet(test_path, columns=["id"])["id"].astype(str))
                 if test_path.exists() else None)
     holdout, llm_ids = select_holdout(train_df, members.llm, cfg["n_holdout"], run.seed, test_ids)
-    y = _target(run.task_type, holdout)
-    llm = _member_scores(members.llm, holdout)
-    base = baseline_oof(members.baseline, train_df, holdout, cfg["folds"], run.seed)
-    comb, report = fit_combiner(run.task_type, llm, base, y, cfg["folds"], run.seed, cfg["n_boot"])
+    classes = training_classes(run, train_df) if run.task_type == MULTICLASS else None
+    labels = classes["labels"] if classes else None
+    y = _target(run.task_type, holdout, labels)
+    llm = _member_scores(members.llm, holdout, labels=labels)
+    baseline = baseline_oof(members.baseline, train_df, holdout, cfg["folds"], run.seed, labels)
+    comb, report = fit_combiner(run.task_type, llm, baseline, y, cfg["folds"], run.seed, cfg["n_boot"])
+    if classes:
+        save_classes(run.model_dir, classes)
     write_json(run.model_dir / COMBINER_FILE, {
         **comb.to_json(), "llm": {"run": members.llm_name, "model": members.llm.model},
         "baseline": {"run": members.baseline_name, "model": members.baseline.model}})
@@ -349,20 +234,23 @@ def fit_stack(run: Run, train_df: pd.DataFrame, members: Members) -> dict[str, A
         "n_llm_train_rows": len(llm_ids), **report}, "train_seconds": round(time.time() - t0, 2)}
 
 
-def combine(run: Run, llm: np.ndarray, base: np.ndarray, ids: np.ndarray,
+def combine(run: Run, llm: np.ndarray, baseline: np.ndarray, ids: np.ndarray,
             comb: Combiner | None = None) -> pd.DataFrame:
     """The saved combiner (or ``comb``, already read) applied to the members' scores -> the
     method predict schema."""
     if comb is None:
         comb = Combiner.from_json(json.loads((run.model_dir / COMBINER_FILE).read_text()))
-    s = combine_scores(comb, llm, base)
+    s = combine_scores(comb, llm, baseline)
     if run.task_type == CLASSIFICATION:
         return pd.DataFrame({"id": ids, "p_yes": s})
+    if run.task_type == MULTICLASS:
+        return pd.DataFrame({"id": ids, **class_probs(read_classes(run.model_dir)["labels"], s)})
     lo, hi = comb.residual_q
     return pd.DataFrame({"id": ids, **bounded_answers(run.task_cfg, s, s + lo, s + hi)})
 
 
-def _from_csv(run: Run, member: dict[str, str], ids: pd.Series) -> np.ndarray:
+def _from_csv(run: Run, member: dict[str, str], ids: pd.Series,
+              labels: list[str] | None = None) -> np.ndarray:
     from clinlm.paths import predictions_path
     path = predictions_path(run.task, member["model"])
     pred = pd.read_csv(path, dtype={"id": str}).set_index("id")
@@ -370,7 +258,12 @@ def _from_csv(run: Run, member: dict[str, str], ids: pd.Series) -> np.ndarray:
     if len(missing):
         raise ValueError(f"{member['run']}: {path} lacks {len(missing)} row(s), e.g. "
                          f"{missing.iloc[0]!r}; rerun its predict stage")
-    return pred.loc[ids, "p_yes" if run.task_type == CLASSIFICATION else "y_pred"].to_numpy(float)
+    return member_values(run, pred.loc[ids], labels)
+
+
+def stack_labels(run: Run) -> list[str] | None:
+    """A multiclass stack's classes (its ``classes.json``); None for the other task types."""
+    return read_classes(run.model_dir)["labels"] if run.task_type == MULTICLASS else None
 
 
 def _is_test_split(run: Run, df: pd.DataFrame) -> bool:
@@ -378,7 +271,7 @@ def _is_test_split(run: Run, df: pd.DataFrame) -> bool:
     path = run.data_dir / "test.parquet"
     if not path.exists():
         return False
-    test = pd.read_parquet(path).assign(id=lambda t: t["id"].astype(str)).set_index("id")
+    test = read_parquet(path).assign(id=lambda t: t["id"].astype(str)).set_index("id")
     d = df.assign(id=df["id"].astype(str)).set_index("id")
     cols = [c for c in d.columns if c in test.columns]
     if not d.index.isin(test.index).all() or not cols:
@@ -387,52 +280,65 @@ def _is_test_split(run: Run, df: pd.DataFrame) -> bool:
 
 
 class StackMethod(Method):
-    """Logistic / linear combiner of an LLM run and the baseline, fitted on held-out rows."""
+    """Logistic / linear / pooled combiner of an LLM run and the baseline, fitted on held-out
+    rows. Its members come through the ``Run`` (:meth:`bind`), never from params directly."""
 
     name = "stack"
+    config = StackModelConfig
+    holds_members = True
+
+    def bind(self, run: Run, params: dict[str, Any]) -> None:
+        """``run.members``: the two member runs its ``runs.stack`` entry names."""
+        m = resolve_members(run, params)
+        run.members = {"llm": (m.llm_name, m.llm), "baseline": (m.baseline_name, m.baseline)}
 
     def check_ready(self, run: Run) -> None:
-        """Both members exist in params and are of a kind a stack can hold."""
-        from clinlm.params import load_params
-        resolve_members(run, load_params())
+        """Both members are bound and of a kind a stack can hold."""
+        m = members_of(run)
+        member_method(m.llm), member_method(m.baseline)
 
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         """Fit on held-out training rows (module docstring); save ``combiner.json``."""
-        from clinlm.params import load_params
-        return fit_stack(run, train_df, resolve_members(run, load_params()))
+        return fit_stack(run, train_df, members_of(run))
+
+    def _members(self, run: Run, saved: dict[str, Any]) -> dict[str, Run]:
+        """The bound member runs, checked against the ones the saved combiner was fitted on."""
+        m = members_of(run)
+        runs = {"llm": (m.llm_name, m.llm), "baseline": (m.baseline_name, m.baseline)}
+        for role, (name, _) in runs.items():
+            if saved[role]["run"] != name:
+                raise ValueError(f"{run.model}: fitted with {role} {saved[role]['run']!r}, but "
+                                 f"params now name {name!r}: rerun its train stage")
+        return {role: r for role, (_, r) in runs.items()}
 
     def predict(self, run: Run, df: pd.DataFrame) -> pd.DataFrame:
         """The test split from the members' predictions CSVs; any other table through the
         members' own predict."""
         saved = json.loads((run.model_dir / COMBINER_FILE).read_text())
         ids = df["id"].astype(str).reset_index(drop=True)
+        labels = stack_labels(run)
         if _is_test_split(run, df):
-            llm, base = (_from_csv(run, saved[r], ids) for r in ("llm", "baseline"))
+            llm, baseline = (_from_csv(run, saved[r], ids, labels) for r in ("llm", "baseline"))
         else:
-            from clinlm.params import load_params
-            from clinlm.runs import make_run
-            params = load_params()
-            llm, base = (_member_scores(make_run(saved[r]["run"], params), df)
+            members = self._members(run, saved)
+            llm, baseline = (_member_scores(members[r], df, labels=labels)
                          for r in ("llm", "baseline"))
-        return combine(run, llm, base, ids.to_numpy())
+        return combine(run, llm, baseline, ids.to_numpy())
 
-    def load(self, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def load(self, run: Run) -> Callable[[pd.DataFrame], pd.DataFrame]:
         """The combiner and both members, each loaded ONCE (:func:`load_member`): what
-        ``clinlm ask`` / ``serve`` keep, so a request never reloads a member. ``params``: the
-        params the member runs are made from (default: ``params.yaml``)."""
-        from clinlm.params import load_params
-        from clinlm.runs import make_run
-
+        ``clinlm ask`` / ``serve`` keep, so a request never reloads a member; ``table ->
+        predict rows``, every table through the loaded members (the same numbers as their
+        predictions CSVs on the test split)."""
         saved = json.loads((run.model_dir / COMBINER_FILE).read_text())
-        params = params if params is not None else load_params()
-        members = {r: make_run(saved[r]["run"], params) for r in ("llm", "baseline")}
-        return {"combiner": Combiner.from_json(saved), "members": members,
-                "predict": {r: load_member(m) for r, m in members.items()}}
+        members = self._members(run, saved)
+        combiner = Combiner.from_json(saved)
+        predict = {r: load_member(m) for r, m in members.items()}
+        labels = stack_labels(run)
 
-    def predict_loaded(self, run: Run, df: pd.DataFrame, loaded: dict[str, Any]) -> pd.DataFrame:
-        """:meth:`predict` with the models of :meth:`load`: every table through the loaded
-        members (the same numbers as their predictions CSVs on the test split)."""
-        ids = df["id"].astype(str).reset_index(drop=True)
-        llm, base = (_member_scores(loaded["members"][r], df, loaded["predict"][r])
-                     for r in ("llm", "baseline"))
-        return combine(run, llm, base, ids.to_numpy(), loaded["combiner"])
+        def score(df: pd.DataFrame) -> pd.DataFrame:
+            ids = df["id"].astype(str).reset_index(drop=True)
+            llm, baseline = (_member_scores(members[r], df, predict[r], labels)
+                         for r in ("llm", "baseline"))
+            return combine(run, llm, baseline, ids.to_numpy(), combiner)
+        return score

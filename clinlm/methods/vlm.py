@@ -47,7 +47,7 @@ from pydantic import Field, PositiveInt
 from clinlm.config import Strict
 from clinlm.llm.config import LLMConfig, PredictConfig
 from clinlm.llm.scorer import Scorer, autocast_dtype
-from clinlm.methods.base import REGRESSION, Method, Run
+from clinlm.methods.interface import REGRESSION, Method, Run
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ def load_vlm(cfg: dict[str, Any], adapter: str | Path | None = None,
              gradient_checkpointing: bool = False) -> tuple[Any, Any, str]:
     """(model, processor, family) of a vlm model entry, through the engine's ``load_model``;
     the processor comes from the trained run's folder when ``adapter`` is given."""
-    from clinlm.llm.load import image_text_family, load_model, load_processor
+    from clinlm.llm.load import image_text_family, load_model
+    from clinlm.llm.tokenizer import load_processor
 
     model = load_model(cfg, "image_text", adapter=adapter, lora=lora, seed=seed,
                        gradient_checkpointing=gradient_checkpointing)
@@ -262,6 +263,12 @@ class VLMMethod(Method):
     """Fine-tune a vision-language model on (ECG image, text) -> age (see module docstring)."""
 
     name = "vlm"
+    config = VLMModelConfig
+    llm = numeric_answer = True
+    task_types = (REGRESSION,)
+    table_refusal = "reads ECG pictures"
+    ask_refusal = ("the vlm method reads an ECG image per subject, which fields cannot carry")
+    library, hub_pipeline = "peft", "image-text-to-text"
 
     def _prompts_and_images(self, run: Run, df: pd.DataFrame) -> tuple[list[str], list[Path]]:
         cfg = run.cfg
@@ -277,8 +284,8 @@ class VLMMethod(Method):
 
     def train(self, run: Run, train_df: pd.DataFrame) -> dict[str, Any]:
         """Train LoRA (+ ``modules_to_save``) on the answer tokens; save adapter + processor."""
+        from clinlm.llm.answer_logits import answer_loss
         from clinlm.llm.fit import fit
-        from clinlm.llm.project import answer_loss
 
         if run.task_type != REGRESSION:
             raise ValueError(f"vlm predicts a number; task {run.task} is {run.task_type}")

@@ -38,6 +38,7 @@ class NoshowTask(Task):
     """Kaggle "Medical Appointment No Shows": will the patient miss the appointment?"""
 
     name = "noshow"
+    task_types: ClassVar[tuple[str, ...]] = ("classification",)
     download_config: ClassVar[type[TaskConfig]] = NoshowDownload
     statements_config: ClassVar[type[TaskConfig]] = NoshowStatements
 

@@ -27,9 +27,10 @@ column. Columns: :mod:`clinlm.table.columns`; statements: :mod:`clinlm.table.sta
 
 Targets: ``classification`` with two labels (the declared ``positive_label`` becomes the
 answer ``Yes``, the other ``No``; every method, metric and page then reads it as the
-built-in binary task does) and ``regression`` (numbers, answered as whole numbers in
-``tasks.<task>.answer`` [min, max], which a regression table must declare). A target with
-three or more labels is refused with that reason: multiclass answers are not built yet.
+built-in binary task does), ``multiclass`` (three or more labels, from the data or declared
+in ``tasks.<task>.answer.labels``, optionally with the words an LLM answers for each) and
+``regression`` (numbers in ``tasks.<task>.answer`` [min, max], which a regression table must
+declare, answered with ``answer.decimals`` decimals).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from clinlm.cells import DEFAULT_MISSING, Problems, normalise
-from clinlm.io import DataError, write_json, write_parquet
+from clinlm.io import DataError, read_parquet, write_json, write_parquet
 from clinlm.table.columns import Column, ColumnSpec, parse_columns, select_columns
-from clinlm.tasks import Task, TaskConfig
+from clinlm.tasks import CsvReading, Task, TaskConfig, sort_labels
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ ROW_ID = "_clinlm_row"
 SKLEARN = ("breast_cancer", "diabetes")
 
 
-class TableDownload(TaskConfig):
+class TableDownload(CsvReading):
     """``tasks.<task>.download`` of a ``kind: table`` task: the one home of its keys."""
 
     source: Literal["csv", "sklearn"] = Field("csv", description="csv (a delimited file or "
@@ -68,11 +69,6 @@ class TableDownload(TaskConfig):
                           "regression, 442 rows)")
     csv_path: str | None = Field(None, description="csv: the table (.csv/.tsv/.txt, any "
                                                    "separator; .parquet)")
-    csv_separator: str | None = Field(None, description="csv: the separator (null: sniffed)")
-    csv_encoding: str = Field("utf-8", description="csv: text encoding (cp1252/latin-1 for "
-                                                   "files saved by Excel on Windows)")
-    missing_values: list[str] | None = Field(
-        None, description="cells read as missing (null: '', ?, NA, N/A, NaN, null, None, -)")
     id_column: str | None = Field(None, description="unique row id column (null: the row "
                                                     "number)")
     group_column: str | None = Field(None, description="patient id column: one patient's "
@@ -92,8 +88,8 @@ class TableDownload(TaskConfig):
     out_of_range: Literal["error", "missing"] = Field(
         "error", description="a number outside its range: an error, or read as missing "
                              "(counted in download.json)")
-    max_categories: int = Field(20, ge=2, le=255, description="most values a category may "
-                                                             "have")
+    max_categories: int = Field(20, ge=2, le=255, description="most values a category (or a "
+                                                             "multiclass target) may have")
 
     @field_validator("positive_label", mode="before")
     @classmethod
@@ -163,6 +159,10 @@ class TableTask(Task):
             if "min" not in answer or "max" not in answer:
                 raise ValueError(f"{self.key}.answer: a regression table declares the range of "
                                  "possible answers, e.g. answer: {min: 25, max: 350}")
+        if dl.positive_label is not None and cfg.get("type") != "classification":
+            raise ValueError(f"{self.key}.download.positive_label: only a two-label "
+                             f"classification has a positive label (this task is "
+                             f"{cfg.get('type')})")
         if dl.source == "sklearn" and dl.dataset is None:
             raise ValueError(f"{self.key}.download.dataset is required for source sklearn "
                              f"(one of {list(SKLEARN)})")
@@ -182,7 +182,7 @@ class TableTask(Task):
             if not path.is_file():
                 raise DataError(path, "file not found")
             try:
-                frame = pd.read_parquet(path)
+                frame = read_parquet(path)
             except Exception as e:  # pyarrow raises several types for a bad file
                 raise DataError(path, f"not a readable parquet file: {e}") from None
             if frame.empty:
@@ -273,7 +273,8 @@ class TableTask(Task):
     def _target(self, cfg: Mapping[str, Any], dl: TableDownload, cells: pd.Series,
                 problems: Problems, markers: set[str], where: str
                 ) -> tuple[np.ndarray, dict[str, Any]]:
-        """The label column (classification: Yes/No; regression: floats) and its facts."""
+        """The label column (classification: Yes/No; multiclass: the labels; regression:
+        floats) and its facts."""
         col = str(cells.name)
         txt = cells.astype(str).str.strip()
         gone = txt.isin(markers)
@@ -289,6 +290,8 @@ class TableTask(Task):
                     "min": float(filled.min()) if len(filled) else None,
                     "max": float(filled.max()) if len(filled) else None}
             return y.to_numpy(dtype=float), info
+        if cfg["type"] == "multiclass":
+            return self._classes(cfg, dl, txt, gone, problems, where)
         norm = normalise(txt)
         counts = norm[~gone].value_counts()
         labels = sorted(counts.index)
@@ -298,10 +301,10 @@ class TableTask(Task):
             raise DataError(where, f"the target has one label only ({labels}): nothing to "
                                    "predict", column=col)
         if len(labels) > 2:
-            raise DataError(where, f"the target has {len(labels)} labels ({labels[:10]}); "
-                                   "multiclass answers are not built yet: a classification "
-                                   "table has two labels (group them into two, e.g. "
-                                   "positive_label and the rest, in your file)", column=col)
+            raise DataError(where, f"the target has {len(labels)} labels ({labels[:10]}); a "
+                                   f"classification table has two: set {self.key}.type: "
+                                   "multiclass to answer every label, or group them into two "
+                                   "in your file", column=col)
         positive = dl.positive_label
         if positive is None:
             if set(labels) != {"yes", "no"}:
@@ -318,6 +321,59 @@ class TableTask(Task):
                 "negative_label": negative, "counts": {"Yes": int(counts[pos]),
                                                        "No": int(counts[negative])}}
         return label, info
+
+    def _classes(self, cfg: Mapping[str, Any], dl: TableDownload, txt: pd.Series,
+                 gone: pd.Series, problems: Problems, where: str
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+        """A multiclass target: each label as written (a whole number canonical: ``1.0`` is
+        ``1``), in the declared order (``answer.labels``) or the natural one; every label
+        needs two rows (one can train, one can test); two labels differing in case only, a
+        label the task does not declare or a declared label with no row are errors."""
+        col, key = str(txt.name), f"{self.key}.download"
+        num = pd.to_numeric(txt.where(~gone), errors="coerce")
+        whole = num.notna() & (num == np.floor(num)) & (num.abs() < 2 ** 53)
+        code = txt.where(~whole, num.where(whole).astype("Int64").astype(str)).where(~gone)
+        problems.raise_all()
+        counts = code.dropna().value_counts()
+        found = sort_labels(counts.index)
+        low = pd.Series(found).str.lower()
+        clash = sorted(set(pd.Series(found)[low.duplicated(keep=False)]))
+        if clash:
+            raise DataError(where, f"labels {clash} differ in case only: write each label one "
+                                   "way in your file", column=col)
+        if len(found) > dl.max_categories:
+            raise DataError(where, f"the target has {len(found)} labels ({found[:10]}, ...); a "
+                                   f"multiclass target has at most {dl.max_categories} "
+                                   f"({key}.max_categories)", column=col)
+        declared = (cfg.get("answer") or {}).get("labels")
+        if declared:
+            labels = [str(k) for k in declared]
+            texts = [str(declared[k]) if isinstance(declared, Mapping) else str(k)
+                     for k in declared]
+            unknown = [v for v in found if v not in labels]
+            if unknown:
+                raise DataError(where, f"label(s) {unknown} are not in {self.key}.answer.labels "
+                                       f"{labels}: declare them, or drop those rows",
+                                column=col)
+            absent = [v for v in labels if v not in counts.index]
+            if absent:
+                raise ValueError(f"{self.key}.answer.labels: {absent} have no row in "
+                                 f"{col!r} (its labels: {found})")
+        else:
+            labels = texts = found
+        if len(labels) < 3:
+            raise DataError(where, f"the target has {len(labels)} label(s) ({labels}); a "
+                                   "multiclass target has three or more (two: type "
+                                   "classification with positive_label)", column=col)
+        rare = {v: int(counts[v]) for v in labels if counts[v] < 2}
+        if rare:
+            raise DataError(where, f"label(s) with a single row: {rare}; every label needs two "
+                                   "(one can train, one can test): merge or drop those rows",
+                            column=col)
+        info = {"column": col, "type": "multiclass", "labels": labels,
+                "texts": dict(zip(labels, texts, strict=True)),
+                "counts": {v: int(counts[v]) for v in labels}}
+        return np.where(gone, None, code.to_numpy(dtype=object)), info
 
     def input_files(self, cfg: Mapping[str, Any]) -> list[Path]:
         dl: TableDownload = self.download_settings(cfg)
@@ -347,7 +403,7 @@ class TableTask(Task):
         path = Path(raw_dir) / TABLE
         if not path.is_file():
             raise DataError(path, "raw table not found (run the download stage first)")
-        raw = pd.read_parquet(path)
+        raw = read_parquet(path)
         return self._statements(cfg, raw, used)
 
     def _statements(self, cfg: Mapping[str, Any], raw: pd.DataFrame, used: list[Column],

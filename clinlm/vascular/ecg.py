@@ -34,16 +34,11 @@ standard order I, II, III, aVR, aVL, aVF, V1-V6):
    area / duration, more robust for low, monophasic waves) for P (P onset to 20 ms before
    QRS onset) and T (QRS offset + 40 ms to T end). NaN when both are below 0.01 mV.
 
-Why not ``neurokit2.ecg_delineate`` for the intervals: measured on the 260 PTB-XL-500
-records coded NORM + SR (100 Hz), its ``dwt`` method gives a median QRS of 170 ms (178 ms
-after up-sampling to 500 Hz) and PR of ~80 ms, both non-physiological; its ``prominence``
-method at 500 Hz gives physiological medians (QRS 81 ms, PR 148 ms, QT 400 ms) but its
-QRS is bounded by a 100 ms search window, so the 16 complete bundle-branch blocks
-(QRS >= 120 ms by definition) read 88 ms. ``method="prominence"`` keeps that neurokit2
-path available for comparison. The default template method on the same records: QRS
-median 88 ms (5-95 %: 74-102) on NORM + SR, 144 ms (118-181) on the bundle-branch blocks;
-PR 150 ms (120-194); QTc 389 ms (354-430; the tangent method reads a little short); QRS
-axis medians 38 / -19 / -37 / 94 deg for PTB-XL's MID / LAD / ALAD / RAD labels.
+Why not ``neurokit2.ecg_delineate`` for the intervals: on real PTB-XL records its ``dwt``
+method gives non-physiological QRS and PR durations, and its ``prominence`` method bounds the
+QRS by a 100 ms search window, so bundle-branch blocks read short; ``method="prominence"``
+keeps that path available for comparison. The measurements of both and of the default
+template method: docs/results.md, "Why the defaults are what they are".
 
 Every feature is NaN where it cannot be derived (fewer than 3 R peaks, no P wave, flat
 lead...). The extractor never raises on a bad recording; it raises ``ValueError`` only on a

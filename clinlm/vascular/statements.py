@@ -3,7 +3,7 @@
 :func:`build_table` turns a raw table (from :func:`~clinlm.vascular.synthetic.generate_cohort`
 + features, :func:`~clinlm.vascular.ptbxl.load_ptbxl` + features, or
 :func:`~clinlm.vascular.csvsource.load_csv`) into the schema every method consumes
-(:mod:`clinlm.methods.base`):
+(:mod:`clinlm.methods.interface`):
 
 * ``id`` (str), ``group`` (str; the subject, so a split keeps a person on one side),
 * ``statement`` (str), e.g. "A 54-year-old man, height 178 cm, weight 82 kg (BMI 25.9).

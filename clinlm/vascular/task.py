@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from clinlm.io import DataError, atomic_path, write_json, write_parquet
-from clinlm.tasks import Task, TaskConfig
+from clinlm.io import DataError, atomic_path, read_parquet, write_json, write_parquet
+from clinlm.tasks import CsvReading, Task, TaskConfig
 from clinlm.vascular.csvsource import CsvColumn, CsvOptions
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ SUBJECTS, SIGNALS, SIGNALS_META = "subjects.parquet", "signals.npy", "signals.js
 ROW_ID = "_clinlm_row"
 
 
-class VascularDownload(TaskConfig):
+class VascularDownload(CsvReading):
     """``tasks.vascular_age.download``: the one home of its keys and defaults.
 
     ``null`` means the default. The CSV mapping keys feed
@@ -66,11 +66,6 @@ class VascularDownload(TaskConfig):
     sampling_rate: Literal[100, 500] = Field(100, description="PTB-XL: 100 or 500 Hz records")
     csv_path: str | None = Field(None, description="a table of ECG features + demographics + "
                                                    "a measured target (any separator)")
-    csv_separator: str | None = Field(None, description="CSV: the separator (null: sniffed)")
-    csv_encoding: str = Field("utf-8", description="CSV: text encoding (cp1252/latin-1 for "
-                                                   "files saved by Excel on Windows)")
-    missing_values: list[str] | None = Field(
-        None, description="CSV: cells read as missing (null: '', ?, NA, N/A, NaN, null, None, -)")
     id_column: str | None = Field(None, description="CSV: unique record id column (null: the "
                                                     "row number)")
     csv_target_column: str = Field("vascular_age", min_length=1,
@@ -140,6 +135,7 @@ class VascularAgeTask(Task):
     """ECG features + demographics (+ risk factors) -> vascular age in years (regression)."""
 
     name = "vascular_age"
+    task_types: ClassVar[tuple[str, ...]] = ("regression",)
     download_config: ClassVar[type[TaskConfig]] = VascularDownload
     statements_config: ClassVar[type[TaskConfig]] = VascularStatements
 
@@ -234,7 +230,7 @@ class VascularAgeTask(Task):
         path = Path(raw_dir) / SUBJECTS
         if not path.is_file():
             raise DataError(path, "raw vascular table not found (run the download stage first)")
-        raw = pd.read_parquet(path)
+        raw = read_parquet(path)
         return statements_table(raw, _target_column(raw), **opts)
 
     def table_from_raw_csv(self, cfg: Mapping[str, Any], path: Path) -> pd.DataFrame:
@@ -388,7 +384,7 @@ def render_images(raw_dir: Path, out_dir: Path, width_px: int, height_px: int) -
         return {"n_images": 0, "skipped": reason, "width_px": int(width_px),
                 "height_px": int(height_px)}
     meta = json.loads((raw_dir / SIGNALS_META).read_text())
-    ids = pd.read_parquet(raw_dir / SUBJECTS, columns=["id"])["id"].astype(str).tolist()
+    ids = read_parquet(raw_dir / SUBJECTS, columns=["id"])["id"].astype(str).tolist()
     signals = np.load(sig_path, mmap_mode="r")
     if len(signals) != len(ids):
         raise DataError(sig_path, f"{len(signals)} recordings but {len(ids)} rows in {SUBJECTS}")

@@ -1,5 +1,5 @@
 """``training.torch_compile`` with ``dynamo.use_regional_compilation``: the decoder layers
-are compiled in place (clinlm.llm.fit.compile_repeated_blocks), the run trains the same model
+are compiled in place (clinlm.llm.compile.compile_repeated_blocks), the run trains the same model
 as without compilation, and bad keys fail with the key named."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from clinlm.llm import fit as F  # noqa: E402
-from clinlm.methods.base import Run  # noqa: E402
+from clinlm.llm import compile as F  # noqa: E402
+from clinlm.methods.interface import Run  # noqa: E402
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows  # noqa: E402
 
 

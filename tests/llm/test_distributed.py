@@ -65,7 +65,7 @@ def test_two_processes_compute_the_single_process_update(tiny_llama, tmp_path):
 
 
 def test_sharded_prediction_equals_single_process(tiny_llama, tmp_path):
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import SFTMethod
     from clinlm.predict import predict_table
 

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from clinlm.methods.base import Run  # noqa: E402
+from clinlm.methods.interface import Run  # noqa: E402
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows  # noqa: E402
 
 TASK = YES_NO_TASK
@@ -25,8 +25,8 @@ def test_answer_loss_projects_only_answer_positions(tiny_llama):
     wrapper; the model is asked for the answer rows' logits only."""
     import torch.nn.functional as F
 
+    from clinlm.llm.answer_logits import answer_loss
     from clinlm.llm.load import load_model
-    from clinlm.llm.project import answer_loss
 
     cfg = tiny_sft_cfg(tiny_llama)
     model = load_model(Run("t", "classification", "m", cfg, ".", ".").cfg, "causal",
@@ -123,7 +123,7 @@ def test_defaults_come_from_the_typed_config(tiny_llama):
                                   "merge_adapter": True, "prefix_cache": True, "engine": "hf",
                                   "vllm": {}}
     assert run.cfg["launch"]["num_processes"] == 1
-    assert run.task_cfg["answer"] == {"min": 18, "max": 110}
+    assert run.task_cfg["answer"] == {"min": 18, "max": 110, "decimals": 0, "labels": None}
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="batch_sise"):
         Run("t", "regression", "m", {**cfg, "predict": {"batch_sise": 2}}, ".", ".")

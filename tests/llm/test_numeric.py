@@ -69,7 +69,7 @@ def test_digits_are_single_tokens(scorer) -> None:
     class Merging:  # a tokenizer that spells "7" as two tokens
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [1, 2] if text == "7" else [ord(text)]}
-    with pytest.raises(ValueError, match="digit '7'"):
+    with pytest.raises(ValueError, match="'7' is 2 tokens"):
         digit_token_ids(Merging())
 
 
@@ -152,7 +152,7 @@ def test_enumeration_is_exact_against_full_forward(scorer, strategy) -> None:
 
 
 def test_sft_regression_train_and_predict(tiny_llama, tmp_path) -> None:
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     from clinlm.methods.sft import SFTMethod
     from clinlm.predict import predict_table
 
@@ -190,3 +190,46 @@ def test_the_interval_holds_the_mean_of_a_skewed_distribution(monkeypatch) -> No
         est = num.decode_numeric(None, ["a", "b"], 18, 110, loss=loss)
         assert (est["y_lo"] <= est["y_pred"]).all() and (est["y_pred"] <= est["y_hi"]).all()
     assert est["y_pred"][0] == pytest.approx(0.96 * 18 + 0.04 * 110) and est["y_hi"][0] > 18
+
+
+def test_grid_spells_every_answer_as_training_writes_it() -> None:
+    from clinlm.llm.numeric import grid
+    from clinlm.prompts import format_answer
+    values, texts = grid(-1, 1, 1)
+    assert texts[:3] == ["-1.0", "-0.9", "-0.8"] and texts[10] == "0.0" and texts[-1] == "1.0"
+    np.testing.assert_allclose(values, np.round(np.arange(-10, 11) / 10, 1))
+    assert all(format_answer(v, "regression", decimals=1) == t for v, t in zip(values, texts,
+                                                                               strict=True))
+    assert format_answer(-0.04, "regression", decimals=1) == "0.0"  # never "-0.0"
+    assert grid(18, 110)[1][:2] == ["18", "19"]
+    with pytest.raises(ValueError, match="not on a grid of 1 decimal"):
+        grid(4.05, 5, 1)
+
+
+@pytest.mark.parametrize("strategy", ["tree", "levels"])
+def test_decimals_and_negative_answers_are_exact(scorer, strategy) -> None:
+    """[-1.5, 2.0] by 0.1: the sign and the decimal point are answer characters like the
+    digits; each answer's probability is the product of the model's next-token probabilities
+    over the alphabet (digits, '.', '-', end), renormalised over the grid."""
+    import torch
+    tok, model = scorer.tok, scorer.model
+    ids = digit_token_ids(tok, "0123456789.-")
+    chars = "0123456789.-"
+    alphabet = [ids[c] for c in chars] + [tok.eos_token_id]
+    values, probs = number_probs(scorer, PROMPTS, -1.5, 2.0, strategy=strategy, decimals=1)
+    assert len(values) == 36 and values[0] == pytest.approx(-1.5)
+    base = tok(PROMPTS[1], add_special_tokens=False)["input_ids"]
+
+    def step(prefix: str) -> np.ndarray:
+        x = torch.tensor([base + [ids[c] for c in prefix]])
+        with torch.no_grad():
+            p = torch.softmax(model(input_ids=x).logits[0, -1].double(), -1)
+        q = p[alphabet].numpy()
+        return q / q.sum()
+
+    texts = [f"{v:.1f}".replace("-0.0", "0.0") for v in values]
+    ref = np.array([np.prod([step(t[:k])[chars.index(c)] for k, c in enumerate(t)])
+                    * step(t)[-1] for t in texts])
+    np.testing.assert_allclose(probs[1], ref / ref.sum(), rtol=2e-4, atol=1e-10)
+    est = decode_numeric(scorer, PROMPTS, -1.5, 2.0, decimals=1)
+    assert np.isin(np.round(est["y_pred"], 1), np.round(values, 1)).all()

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from clinlm.llm import precision as P  # noqa: E402
-from clinlm.methods.base import Run  # noqa: E402
+from clinlm.methods.interface import Run  # noqa: E402
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows  # noqa: E402
 
 AVX2 = {"avx": True, "avx2": True, "fma3": True, "avx512_f": False, "avx512_bf16": False,
@@ -328,7 +328,7 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
 
     import torch
 
-    from clinlm.llm import builders
+    from clinlm.llm import device as builders
     n0 = torch.get_num_threads()
     try:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)

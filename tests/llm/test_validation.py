@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from tests.conftest import ROOT, YES_NO_TASK, tiny_sft_cfg, waits_rows
 
 

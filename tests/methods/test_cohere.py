@@ -25,7 +25,6 @@ import pytest
 
 from clinlm.cohere_client import CohereConfig, MissingAPIKeyError, check_ready, make_client
 from clinlm.methods import get_method
-from clinlm.methods.base import Run
 from clinlm.methods.cohere import (
     CohereMethod,
     FatalAPIError,
@@ -33,6 +32,7 @@ from clinlm.methods.cohere import (
     predict_rows,
     select_few_shot,
 )
+from clinlm.methods.interface import Run
 
 try:
     from fake_cohere import FakeCohere

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from clinlm.methods.sft import SFTMethod, tokenize_for_sft
 from clinlm.params import load_params
 from clinlm.predict import predict_table

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run
 from clinlm.methods.gbdt import MODEL_FILE, GBDTMethod, load_models
+from clinlm.methods.interface import Run
 
 
 def _table(n: int = 120, seed: int = 0) -> pd.DataFrame:

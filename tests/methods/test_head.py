@@ -15,7 +15,6 @@ pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from clinlm.methods import get_method  # noqa: E402
-from clinlm.methods.base import CLASSIFICATION, REGRESSION, Run  # noqa: E402
 from clinlm.methods.head import (  # noqa: E402
     META_FILE,
     HeadMethod,
@@ -26,6 +25,7 @@ from clinlm.methods.head import (  # noqa: E402
     head_module_names,
     head_texts,
 )
+from clinlm.methods.interface import CLASSIFICATION, REGRESSION, Run  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 REAL_TOKENIZER = ROOT / "data/models/base/smollm2-135m-instruct"
@@ -193,7 +193,7 @@ def test_classification_learns_and_reload_is_identical(tiny_base: str, tmp_path:
     mem = method.predict_loaded(run, test, method.model, method.tok, method.meta)
     torch.manual_seed(12345)  # a silently re-initialised head would now differ
     fresh = HeadMethod()
-    model, tok, meta = fresh.load(run)
+    model, tok, meta = fresh.load_model(run)
     assert torch.equal(score_weight(model), score_weight(method.model))
     out = fresh.predict_loaded(run, test, model, tok, meta)
     assert list(out.columns) == ["id", "p_yes"] and out["id"].tolist() == test["id"].tolist()
@@ -361,7 +361,7 @@ def test_regression_answers_stay_in_the_answer_range_and_the_question_is_substit
     method.train(run, df)
     meta = json.loads((run.model_dir / META_FILE).read_text())
     assert meta["question"] == "What is the vascular age?"
-    model, tok, meta = method.load(run)
+    model, tok, meta = method.load_model(run)
     raw = TargetScaler(**meta["scaler"]).inverse(head_logits(
         model, tok, head_texts(df["statement"].tolist(), meta["question"]), 8, 64)[:, 0])
     lo, hi = int(np.floor(np.quantile(raw, 0.3))), int(np.ceil(np.quantile(raw, 0.7)))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from clinlm.methods.sft import SFTMethod, tokenize_for_sft
 from clinlm.predict import predict_table
 from tests.conftest import YES_NO_TASK, tiny_sft_cfg, waits_rows

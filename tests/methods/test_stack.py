@@ -8,18 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinlm.methods.base import Run, subsample
+from clinlm.methods.combiner import (
+    cross_validated,
+    fit_weighted,
+    holdout_metrics,
+    llm_coefficient,
+    member_features,
+)
+from clinlm.methods.interface import Run, subsample
 from clinlm.methods.stack import (
     COMBINER_FILE,
     HOLDOUT_FILE,
     Members,
     StackMethod,
-    cross_validated,
     fit_stack,
-    fit_weighted,
-    holdout_metrics,
-    llm_coefficient,
-    member_features,
     resolve_members,
     select_holdout,
 )
@@ -148,14 +150,20 @@ def test_end_to_end_tiny_sft_and_gbdt(tiny_llama, tmp_path, monkeypatch):
     assert list(out.columns) == ["id", "y_true", "p_yes", "y_pred"]
     assert list(out["id"]) == list(test["id"]) and out["p_yes"].between(0, 1).all()
     assert set(out["y_pred"]) <= {"Yes", "No"}
-    # another table goes through the members' own predict (params name the member runs)
-    import clinlm.runs  # noqa: F401 -- imported before the patch, so it keeps the real load_params
-    monkeypatch.setattr("clinlm.params.load_params", lambda *a, **k: {})
-    monkeypatch.setattr("clinlm.runs.make_run",
-                        lambda name, params: {"noshow-tiny": llm, "noshow-gbdt": base}[name])
+    # another table goes through the members' own predict: the members come with the Run
+    # (make_run binds them from params; the stack never reads params itself)
     fresh = test.iloc[:5].assign(id=lambda d: "new" + d["id"])
+    with pytest.raises(ValueError, match="needs its llm and baseline member runs"):
+        StackMethod().predict(run, fresh)
+    run.members = {"llm": ("noshow-tiny", llm), "baseline": ("noshow-gbdt", base)}
     direct = StackMethod().predict(run, fresh)
     assert np.allclose(direct["p_yes"], out["p_yes"].iloc[:5], atol=1e-5)
+    loaded = StackMethod().load(run)(fresh)  # ask/serve: each member loaded once
+    assert np.allclose(loaded["p_yes"], direct["p_yes"], atol=1e-6)
+    run.members["llm"] = ("noshow-other", llm)
+    with pytest.raises(ValueError, match="fitted with llm 'noshow-tiny', but params now name "
+                                         "'noshow-other'"):
+        StackMethod().predict(run, fresh)
 
 
 @pytest.mark.slow  # make_run checks the LLM library sections (imports transformers)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from clinlm.methods.base import Run
+from clinlm.methods.interface import Run
 from clinlm.methods.vlm import VLMMethod, augment, build_prompts, row_texts
 from tests.conftest import ROOT
 

@@ -193,7 +193,7 @@ def test_bad_mapping_names_the_key(tmp_path, change, match):
 
 @pytest.mark.parametrize("target,match", [
     (["yes"] * 10, r"the target has one label only \(\['yes'\]\)"),
-    (["a", "b", "c"] * 4, r"the target has 3 labels .*multiclass answers are not built yet"),
+    (["a", "b", "c"] * 4, r"the target has 3 labels .*set tasks\.t\.type: multiclass"),
     (["yes", "no", "", "no"], r"row 3, column 'sepsis': missing target"),
 ])
 def test_bad_targets(tmp_path, target, match):
@@ -374,7 +374,7 @@ def test_wide_table_selected_by_pattern(tmp_path, monkeypatch):
     assert table.shape == (120, 4 + 240) and table["id"].iloc[0] == "r0"
 
     from clinlm.methods import get_method
-    from clinlm.methods.base import Run
+    from clinlm.methods.interface import Run
     run = Run(task="wide", model="gbdt", task_type="classification", seed=0,
               cfg={"method": "gbdt", "hist_gbdt": {"max_iter": 50, "min_samples_leaf": 5}},
               task_cfg=cfg, model_dir=tmp_path / "m", data_dir=tmp_path)
