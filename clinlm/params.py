@@ -336,12 +336,19 @@ def run_spec(params: dict[str, Any], run: str) -> tuple[str, dict, str, dict]:
 
 
 def preflight(params: dict[str, Any]) -> None:
-    """Check every run's method can work (API keys present, ...) before the first stage."""
-    from clinlm.methods import get_method
+    """Check every run's method can work (API keys present, ...) before the first stage.
+
+    Only the runs whose method has something to check (its class overrides ``check_ready``)
+    are made: making every run would import the model libraries to check each LLM section
+    in a data stage. A run that holds members (the stack) is checked by its own stages."""
+    from clinlm.methods import Method, method_class
     from clinlm.runs import make_run
-    for name in all_runs(params):
+    for name, spec in all_runs(params).items():
+        cls = method_class(spec["method"])
+        if cls.check_ready is Method.check_ready or cls.holds_members:
+            continue
         run = make_run(name, params)
-        get_method(run.cfg["method"]).check_ready(run)
+        cls().check_ready(run)
 
 
 if __name__ == "__main__":  # python -m clinlm.params [params.yaml]: check every section

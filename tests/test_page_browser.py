@@ -1,7 +1,8 @@
 """The serve page in real headless Chromium (Debian's chromium + chromedriver, Selenium).
 
 The project is made by the pipeline's own stages (download, statements, split, train,
-predict, evaluate, compare) for the two gbdt runs, so the page has a training split for the
+predict, evaluate, compare) for three gbdt runs (no-show, vascular age, and a multiclass
+table: a heart rhythm of three labels), so the page has a training split for the
 base rate and a ``metrics/summary.json`` with bootstrap intervals. Checks what a clinician
 sees: the "not a medical device" notice, fields that start empty with the examples as
 placeholders and readable labels, an answer with the base rate, the test metric and its 95 %
@@ -22,12 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, rhythm_frame, rhythm_task
 from tests.serve_project import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-RUNS = {"noshow-gbdt": "noshow", "vascular-gbdt": "vascular_age"}
+RUNS = {"noshow-gbdt": "noshow", "vascular-gbdt": "vascular_age", "rhythm-gbdt": "rhythm"}
 
 pytestmark = [pytest.mark.skipif(
     not (CHROMIUM and Path(DRIVER).exists()),
@@ -57,6 +58,8 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"]["noshow"]["download"].update(source="synthetic", n_synthetic=400)
     params["tasks"]["vascular_age"]["download"].update(source="synthetic", n_synthetic=60)
+    rhythm_frame(150).to_csv(root / "rhythm.csv", index=False)
+    params["tasks"]["rhythm"] = rhythm_task("rhythm.csv")
     params["models"] = {"gbdt": {**params["models"]["gbdt"],
                                  "hist_gbdt": {"max_iter": 30, "min_samples_leaf": 5}}}
     params["runs"] = {**{method: {} for method in params["runs"]},
@@ -258,6 +261,35 @@ def test_classification_answer_with_base_rate_metric_threshold(page, project, tm
             "return document.documentElement.scrollHeight") + 20,
         "deviceScaleFactor": 1, "mobile": False})
     assert page.save_screenshot(str(tmp_path / "page.png"))
+
+
+def test_multiclass_answer_with_every_label_and_its_worth(page, project):
+    """A three-label run: the most probable label, every label's probability (most likely
+    first), the labels' shares in training, the accuracy with its interval, and what the
+    decision is (no threshold: the most probable label)."""
+    from selenium.webdriver.common.by import By
+    run = "rhythm-gbdt"
+    wait_for(page, f"#run-{run} form")
+    clear_form(page, run)
+    fill(page, run, "heart_rate", "150")
+    fill(page, run, "rr_sd_ms", "25")
+    fill(page, run, "p_wave", "absent")
+    ask(page, run)
+    box = wait_for(page, f"#run-{run} .answer")
+    a = json.loads(box.get_attribute("data-answer"))
+    assert a["prediction"] in ("SR", "AF", "AFL") and box.text.splitlines()[0] == a["prediction"]
+    assert sum(a["probabilities"].values()) == pytest.approx(1.0)
+    items = [li.text for li in box.find_elements(By.CSS_SELECTOR, ".probabilities li")]
+    ranked = sorted(a["probabilities"].items(), key=lambda kv: -kv[1])
+    assert [t.split(":")[0] for t in items] == [k for k, _ in ranked]
+    assert items[0].startswith(f"{ranked[0][0]}: {ranked[0][1]:.3f}")
+    assert "training cases" in box.find_element(By.CSS_SELECTOR, ".base-rate").text
+    m = summary(project, run)
+    lo, hi = m["ci95"]["accuracy"]
+    metric = box.find_element(By.CSS_SELECTOR, ".metric").text
+    assert f"accuracy {m['accuracy']:.3f} (95 % CI {lo:.3f} to {hi:.3f})" in metric
+    decision = box.find_element(By.CSS_SELECTOR, ".decision").text
+    assert "the most probable label is the answer" in decision
 
 
 @pytest.mark.parametrize("missing", ["Age", "Gender"])
