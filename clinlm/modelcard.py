@@ -4,7 +4,7 @@ Everything comes from files the pipeline wrote: params.yaml (the run's model sec
 every default filled in, its task, its base), the model folder's ``train_info.json``,
 ``metrics/<task>/<model>.json`` beside the baseline's (the gbdt run of the same task) and,
 when ``stages/compare.py`` wrote them, the 95 % bootstrap intervals and the paired
-difference to the baseline in ``metrics/summary.json``. No timestamps: the same run gives
+difference to the baseline in ``reports/summary.json``. No timestamps: the same run gives
 the same bytes, so a re-release is a no-op.
 
 The YAML header names the base model by its Hub id, never a local folder (the embedded GGUF
@@ -120,7 +120,8 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path
                 f"`dvc repro evaluate_{run.cfg['method']}@...`)."], [], []
     base_name = baseline_model(params, run.task)
     base = _read(metrics_root / run.task / f"{base_name}.json") if base_name != run.model else mine
-    summary = _read(metrics_root / "summary.json").get(run.task, {})
+    from clinlm.runinfo import summary_path
+    summary = _read(summary_path(metrics_root)).get(run.task, {})
     s_mine, s_base = summary.get(run.model, {}), summary.get(base_name or "", {})
     keys = [k for k in METRICS[run.task_type] if k in mine]
     with_ci = bool(s_mine.get("ci95"))
@@ -151,8 +152,8 @@ def metrics_section(run: Run, params: dict[str, Any], metrics_root: Path
                          + (" (the paired 95 % interval of the difference excludes 0)"
                             if verdict == "worse" else ""))
     lines.append("")
-    lines.append("Intervals: 95 % bootstrap over the test rows (`metrics/summary.json`)." if with_ci
-                 else "Point estimates only (no bootstrap intervals in `metrics/summary.json`).")
+    lines.append("Intervals: 95 % bootstrap over the test rows (`reports/summary.json`)." if with_ci
+                 else "Point estimates only (no bootstrap intervals in `reports/summary.json`).")
     if run.task_type == CLASSIFICATION and mine.get("recall") == 0:
         fails.append("at the 0.5 threshold it predicts no `Yes` at all (recall 0): use p_yes "
                      "for ranking, or choose a threshold")

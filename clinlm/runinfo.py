@@ -7,7 +7,7 @@ page and ``ask`` show, for the run that gave it:
   multiclass: each label's share; regression: the mean and range of the target), so 0.21 can
   be read against the 0.198 of an average patient;
 * the run's **test metric** with its 95 % bootstrap interval (ROC-AUC / accuracy / MAE) from
-  ``metrics/summary.json`` (stage ``compare``), else the bare value from
+  ``reports/summary.json`` (stage ``compare``), else the bare value from
   ``metrics/<task>/<model>.json`` (stage ``evaluate``), else "not evaluated yet";
 * what the **decision threshold** means (classification: "Yes when the predicted probability
   >= 0.5", and the share of test cases the run flagged, which says at once when a run never
@@ -35,7 +35,12 @@ NOTICE = ("Research use only, not a medical device: these answers are not valida
 #: the one test metric shown per task type (the pipeline's headline metric in compare)
 HEADLINE = {"classification": ("roc_auc", "ROC-AUC", 3), "regression": ("mae", "MAE", 2),
             "multiclass": ("accuracy", "accuracy", 3)}
-SUMMARY = Path("metrics") / "summary.json"
+SUMMARY = Path("reports") / "summary.json"
+
+
+def summary_path(metrics_root: Path) -> Path:
+    """``reports/summary.json`` beside a project's ``metrics`` folder (stage ``compare``)."""
+    return Path(metrics_root).parent / SUMMARY
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -109,10 +114,10 @@ def headline_metric(run: Any, metrics_root: Path = Path("metrics")) -> dict[str,
     """The run's headline test metric: ``name``, ``label``, ``value``, ``ci95`` (or None),
     ``n_test``, ``source``, ``text``; ``value`` None and "not evaluated yet" when absent."""
     key, label, dec = HEADLINE[run.task_type]
-    summary_path = Path(metrics_root) / "summary.json"
+    summary_file = summary_path(metrics_root)
     own_path = Path(metrics_root) / run.task / f"{run.model}.json"
-    m = _read(summary_path).get(run.task, {}).get(run.model) or {}
-    source = summary_path
+    m = _read(summary_file).get(run.task, {}).get(run.model) or {}
+    source = summary_file
     if _finite(m.get(key)) is None:
         m, source = _read(own_path), own_path
     value = _finite(m.get(key))

@@ -1,4 +1,8 @@
-"""Stage compare: every run side by side, with uncertainty -> metrics/summary.{md,json}.
+"""Stage compare: every run side by side, with uncertainty -> reports/summary.{md,json}.
+
+Its dependencies are the whole ``metrics`` and ``data/predictions`` folders (every run's
+metrics file and predictions, whatever its task), so a task or run added in params is
+compared with no edit to dvc.yaml; its outputs live in ``reports/``, outside them.
 
 Runs are grouped by (task, data source): metrics from different data (e.g. a stale Kaggle run
 beside synthetic ones) never share a table. Each group gets one table of the metrics and one
@@ -171,7 +175,7 @@ if __name__ == "__main__":
         lines.append("")
         lines += uncertainty_lines(ttype, models, boot, baseline, params["seed"])
         lines += stack_lines(task, models)
-    with atomic_path("metrics/summary.md") as tmp:
+    with atomic_path("reports/summary.md") as tmp:
         tmp.write_text("\n".join(lines))
-    write_json("metrics/summary.json", summary)
+    write_json("reports/summary.json", summary)
     print("\n".join(lines))

@@ -2,7 +2,7 @@
 
 A Chapman-like export (semicolon-separated, MALE/FEMALE, a rhythm column, no id) and then a
 UCI-like table (``?`` for missing, 0/1 sex, 200+ columns, no id), both generated, go through
-every stage with only a params mapping: gbdt and both LLM methods reach metrics/summary.md
+every stage with only a params mapping: gbdt and both LLM methods reach reports/summary.md
 (the LLM runs on the 2-layer ``tiny_llama`` base: the table's path is under test here, not the
 model; test_pipeline_e2e checks the real SmolLM2 base).
 Also: the input file is a dependency (edit it in place -> download reruns), and a failed
@@ -87,7 +87,7 @@ def test_chapman_like_export_runs_end_to_end(repo: Path) -> None:
     for model in ("smollm2-sft", "smollm2-head", "gbdt"):
         m = _metrics(repo, model)
         assert m["data_source"] == "csv" and m["n_test"] >= 10 and m["mae"] > 0, model
-    summary = (repo / "metrics" / "summary.md").read_text()
+    summary = (repo / "reports" / "summary.md").read_text()
     assert all(r in summary for r in ("smollm2-sft", "smollm2-head", "gbdt"))
     info = json.loads((repo / "data/raw/vascular_age/download.json").read_text())
     assert [f["column"] for f in info["features"]] == list(CHAPMAN_MAPPING)

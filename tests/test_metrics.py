@@ -127,9 +127,9 @@ def test_timings_stay_out_of_cached_outputs_and_metrics(tmp_path, monkeypatch):
     assert t_pred["rows_per_second"] is None or t_pred["rows_per_second"] > 0
 
     _stage(monkeypatch, "compare")
-    summary = json.loads((tmp_path / "metrics/summary.json").read_text())
+    summary = json.loads((tmp_path / "reports/summary.json").read_text())
     assert not [k for k in summary["noshow"]["gbdt"] if is_timing_key(k)]
-    md = (tmp_path / "metrics/summary.md").read_text()
+    md = (tmp_path / "reports/summary.md").read_text()
     assert "| train s | predict s |" in md
     header = next(line for line in md.splitlines() if "| train s | predict s |" in line)
     row = next(line for line in md.splitlines() if line.startswith("| gbdt |"))

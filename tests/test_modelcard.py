@@ -35,7 +35,7 @@ def write_metrics(tmp_path, task, values, baseline, summary=None):
     write_json(tmp_path / "metrics" / task / "m.json", values)
     write_json(tmp_path / "metrics" / task / "gbdt.json", baseline)
     if summary is not None:
-        write_json(tmp_path / "metrics" / "summary.json", {task: summary})
+        write_json(tmp_path / "reports" / "summary.json", {task: summary})
 
 
 def card_of(run, params, name, tmp_path, **kw):

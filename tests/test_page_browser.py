@@ -3,7 +3,7 @@
 The project is made by the pipeline's own stages (download, statements, split, train,
 predict, evaluate, compare) for three gbdt runs (no-show, vascular age, and a multiclass
 table: a heart rhythm of three labels), so the page has a training split for the
-base rate and a ``metrics/summary.json`` with bootstrap intervals. Checks what a clinician
+base rate and a ``reports/summary.json`` with bootstrap intervals. Checks what a clinician
 sees: the "not a medical device" notice, fields that start empty with the examples as
 placeholders and readable labels, an answer with the base rate, the test metric and its 95 %
 interval and the threshold's meaning beside it, empty optional fields said as "not recorded"
@@ -140,7 +140,7 @@ def ask(driver, run: str) -> None:
 
 
 def summary(project: Path, run: str) -> dict:
-    return json.loads((project / "metrics" / "summary.json").read_text())[RUNS[run]]["gbdt"]
+    return json.loads((project / "reports" / "summary.json").read_text())[RUNS[run]]["gbdt"]
 
 
 def test_api_runs_says_what_an_answer_is_worth(server, project):
@@ -212,7 +212,7 @@ def test_regression_answer_with_base_rate_metric_interval_and_unrecorded(page, p
     assert "A 47-year-old woman." in a["statement"]
     assert "Not recorded:" in a["statement"] and "total cholesterol" in a["statement"]
     assert "ECG" in a["statement"] and "Statement the model saw" in box.text
-    # what the answer is worth, from the training split and metrics/summary.json
+    # what the answer is worth, from the training split and reports/summary.json
     import pandas as pd
     train = pd.read_parquet(project / "data/processed/vascular_age/train.parquet")["label"]
     base = box.find_element("css selector", ".base-rate").text

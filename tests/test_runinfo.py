@@ -36,7 +36,7 @@ def write(path: Path, obj: dict) -> None:
 def test_classification_from_summary(tmp_path):
     run = make_run(tmp_path, "classification", ["Yes"] * 3 + ["No"] * 9, ["Yes"] * 10)
     cm = {"tn": 70, "fp": 6, "fn": 20, "tp": 4}
-    write(tmp_path / "metrics" / "summary.json", {"t": {"m": {
+    write(tmp_path / "reports" / "summary.json", {"t": {"m": {
         "roc_auc": 0.6772, "ci95": {"roc_auc": [0.6171, 0.7354]}, "n_test": 100,
         "confusion_matrix": cm}}})
     info = run_info(run, 0.5, metrics_root=tmp_path / "metrics")
@@ -73,7 +73,7 @@ def test_classification_fallbacks(tmp_path):
 
 def test_regression(tmp_path):
     run = make_run(tmp_path, "regression", [40.0, 50.0, 90.0], [100.0])
-    write(tmp_path / "metrics" / "summary.json", {"t": {"m": {
+    write(tmp_path / "reports" / "summary.json", {"t": {"m": {
         "mae": 5.891, "ci95": {"mae": [5.2, 6.61]}, "n_test": 160, "coverage_90": 0.725,
         "mean_predictor_mae": 21.81}}})
     info = run_info(run, 0.5, metrics_root=tmp_path / "metrics")
@@ -84,7 +84,7 @@ def test_regression(tmp_path):
                                       "answering the training mean for everyone gives MAE 21.81")
     assert info["decision"]["text"] == ("the 90 % interval held the true value for 72.5 % of "
                                         "test cases")
-    write(tmp_path / "metrics" / "summary.json", {"t": {"m": {"mae": 8.6, "coverage_90": None}}})
+    write(tmp_path / "reports" / "summary.json", {"t": {"m": {"mae": 8.6, "coverage_90": None}}})
     info = run_info(run, 0.5, metrics_root=tmp_path / "metrics")
     assert info["decision"]["text"] == "this method gives no interval"
 
