@@ -176,6 +176,30 @@ def markdown(task: str, points: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_markdown(data: dict[str, Any]) -> str:
+    """One saved curve (``<task>.json``) as a table: per size, gbdt over its subsamples and
+    each LLM's value per subsample with its paired difference from the gbdt of the same rows
+    and seed (95 % interval, verdict)."""
+    points, metric = data["points"], data["points"][0]["metric"]
+    llms = sorted({p["method"] for p in points} - {"gbdt"})
+    sizes = sorted({p["n_train"] for p in points})
+    lines = [f"| rows | gbdt {metric} (subsamples) | "
+             + " | ".join(f"{m} {metric} [Δ vs gbdt, 95 % CI]" for m in llms) + " |",
+             "|---:|---|" + "---|" * len(llms)]
+    for n in sizes:
+        g = sorted(p["value"] for p in points if p["method"] == "gbdt" and p["n_train"] == n)
+        cells = [f"{g[0]:.3f}" if len(g) == 1 else f"{g[0]:.3f}–{g[-1]:.3f} ({len(g)})"]
+        for m in llms:
+            mine = sorted((p for p in points if p["method"] == m and p["n_train"] == n),
+                          key=lambda p: p["seed"])
+            cells.append("; ".join(
+                f"{p['value']:.3f} [{p['vs_gbdt']:+.3f}, {p['vs_gbdt_ci95'][0]:+.3f} to "
+                f"{p['vs_gbdt_ci95'][1]:+.3f}] {p['verdict']}" for p in mine) or "—")
+        label = "all" if n == data["n_train_available"] else str(n)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", default=[], help="a task of params.yaml")
@@ -188,12 +212,20 @@ def main() -> None:
                     help="--llm-seeds only up to this many rows (one subsample above)")
     ap.add_argument("--llm-max-rows", type=int, default=None,
                     help="no LLM point above this many rows (default: every size)")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the saved curves of --out as markdown tables, compute nothing")
     ap.add_argument("--resume", action="store_true",
                     help="keep the points already in <out>/<task>.json; compute the others")
     ap.add_argument("--eval-rows", type=int, default=None, help="test rows (default: all)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fewshot")
     args = ap.parse_args()
+    if args.summary:
+        for path in sorted(args.out.glob("*.json")):
+            data = json.loads(path.read_text())
+            print(f"### {data['task']} ({data['points'][0]['metric']}, {data['n_test']} test "
+                  f"rows)\n\n{summary_markdown(data)}\n")
+        return
     params = load_params()
     jobs = [(t, None) for t in args.task] + ([("noshow_kaggle", args.kaggle)] if args.kaggle else [])
     scratch = Path(tempfile.mkdtemp(prefix="fewshot-", dir=ROOT / "data"))
